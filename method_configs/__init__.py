@@ -1,0 +1,1 @@
+"""Registered Nerfstudio methods, one module each (installed as ``nerfaccel_plugin.method_configs``)."""
