@@ -1,0 +1,318 @@
+"""Occupancy-grid estimator (instant-NGP style empty-space skipping)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Optional, Union
+
+import torch
+import torch.distributed as dist
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .. import _validation as check
+from .._backend import get_op
+from ..grid import _enlarge_aabb, traverse_grids_samples
+from ..pack import pack_info
+from ..volrend import render_visibility_from_alpha, render_visibility_from_density
+from .base import AbstractEstimator
+
+
+class OccGridEstimator(AbstractEstimator):
+    """Occupancy grid over a region of interest, with optional nested coarser levels.
+
+    Level ``i`` covers ``roi_aabb`` scaled by ``2**i`` about its centre, at the same resolution, so
+    a multi-level grid reaches far beyond the region of interest at coarser cells (for unbounded
+    real captures). Each cell holds an EMA of the field's occupancy (``density * step``) and a bit
+    telling whether it is occupied; :meth:`sampling` only places samples in occupied cells.
+
+    The grid is part of the module's ``state_dict`` (``occs`` and ``binaries``), so checkpoints
+    restore it. Under ``torch.distributed`` the update is all-reduced, so every rank holds the same grid.
+
+    Args:
+        roi_aabb: ``(6,)`` region of interest ``{xmin, ymin, zmin, xmax, ymax, zmax}``.
+        resolution: Cells per axis: an int (cube) or three ints. Default: 128.
+        levels: Number of nested levels. Default: 1.
+    """
+
+    DIM: int = 3
+
+    def __init__(
+        self,
+        roi_aabb: Union[Sequence[float], Tensor],
+        resolution: Union[int, Sequence[int], Tensor] = 128,
+        levels: int = 1,
+        **kwargs,
+    ) -> None:
+        super().__init__()
+        if "contraction_type" in kwargs:
+            raise ValueError(
+                "`contraction_type` is not supported (as in nerfacc >= 0.4): contract points in your field with "
+                "`nerfaccel_plugin.contract` and use a multi-level grid (`levels > 1`) for unbounded scenes."
+            )
+        if kwargs:
+            warnings.warn(f"OccGridEstimator ignores unknown arguments: {sorted(kwargs)}", stacklevel=2)
+        if isinstance(resolution, int):
+            resolution = [resolution] * self.DIM
+        if isinstance(resolution, Tensor):
+            resolution = resolution.tolist()
+        resolution = [int(r) for r in resolution]
+        if len(resolution) != self.DIM or min(resolution) < 1:
+            raise ValueError(f"`resolution` must be a positive int or {self.DIM} positive ints, got {resolution}.")
+        if isinstance(roi_aabb, Tensor):
+            roi_aabb = roi_aabb.detach().float().cpu()
+        else:
+            roi_aabb = torch.tensor(list(roi_aabb), dtype=torch.float32)
+        roi_aabb = roi_aabb.reshape(-1)
+        if roi_aabb.shape[0] != 2 * self.DIM or not bool(torch.isfinite(roi_aabb).all()):
+            raise ValueError(
+                f"`roi_aabb` must be 6 finite numbers {{xmin, ymin, zmin, xmax, ymax, zmax}}, got {roi_aabb}."
+            )
+        if not bool((roi_aabb[3:] > roi_aabb[:3]).all()):
+            raise ValueError(f"`roi_aabb` is empty (max must exceed min on every axis): {roi_aabb.tolist()}.")
+        if int(levels) < 1:
+            raise ValueError(f"`levels` must be >= 1, got {levels}.")
+        levels = int(levels)
+        aabbs = torch.stack([_enlarge_aabb(roi_aabb, 2**i) for i in range(levels)], dim=0)
+        self.cells_per_lvl = int(math.prod(resolution))
+        self.levels = levels
+        self.register_buffer("resolution", torch.tensor(resolution, dtype=torch.int32))
+        self.register_buffer("aabbs", aabbs)
+        self.register_buffer("occs", torch.zeros(levels * self.cells_per_lvl))
+        self.register_buffer("binaries", torch.zeros([levels] + resolution, dtype=torch.bool))
+        coords = torch.stack(
+            torch.meshgrid([torch.arange(r, dtype=torch.long) for r in resolution], indexing="ij"), dim=-1
+        ).reshape(self.cells_per_lvl, self.DIM)
+        self.register_buffer("grid_coords", coords, persistent=False)
+        self.register_buffer("grid_indices", torch.arange(self.cells_per_lvl), persistent=False)
+
+    @torch.no_grad()
+    def sampling(
+        self,
+        rays_o: Float[Tensor, "n_rays 3"],
+        rays_d: Float[Tensor, "n_rays 3"],
+        sigma_fn: Optional[Callable] = None,
+        alpha_fn: Optional[Callable] = None,
+        near_plane: float = 0.0,
+        far_plane: float = 1e10,
+        t_min: Optional[Float[Tensor, " n_rays"]] = None,
+        t_max: Optional[Float[Tensor, " n_rays"]] = None,
+        render_step_size: float = 1e-3,
+        early_stop_eps: float = 1e-4,
+        alpha_thre: float = 0.0,
+        stratified: bool = False,
+        cone_angle: float = 0.0,
+    ) -> tuple[Int[Tensor, " n_samples"], Float[Tensor, " n_samples"], Float[Tensor, " n_samples"]]:
+        """Samples along rays, skipping empty and (optionally) occluded space. Not differentiable.
+
+        Args:
+            rays_o: ``(n_rays, 3)`` ray origins.
+            rays_d: ``(n_rays, 3)`` normalized ray directions.
+            sigma_fn: Optional ``(t_starts, t_ends, ray_indices) -> sigmas (n,)``; with it, samples behind
+                opaque matter or in low-opacity space are dropped. Give at most one of ``sigma_fn`` / ``alpha_fn``.
+            alpha_fn: Optional ``(t_starts, t_ends, ray_indices) -> alphas (n,)``; as ``sigma_fn``.
+            near_plane: Marching starts here (and at ``t_min`` when larger). Default 0.
+            far_plane: Marching ends here (and at ``t_max`` when smaller). Default 1e10.
+            t_min: Optional ``(n_rays,)`` per-ray start.
+            t_max: Optional ``(n_rays,)`` per-ray end.
+            render_step_size: Marching step. Default 1e-3.
+            early_stop_eps: With a field function, drop samples once transmittance falls below this.
+            alpha_thre: With a field function, drop samples with opacity below this (capped at the grid's
+                mean occupancy, as in nerfacc, so a young grid does not drop everything).
+            stratified: Randomly offset each ray's start by up to one step (training).
+            cone_angle: Steps grow as ``cone_angle * t`` (e.g. 1/256 for real scenes); 0 for constant steps.
+
+        Returns:
+            ``(ray_indices, t_starts, t_ends)`` of the samples, each ``(n_samples,)``, sorted by ray then ``t``.
+        """
+        if sigma_fn is not None and alpha_fn is not None:
+            raise ValueError("Give only one of `sigma_fn` and `alpha_fn`.")
+        rays_o, rays_d = check.rays(rays_o, rays_d)
+        if rays_o.device != self.aabbs.device:
+            raise ValueError(
+                f"rays are on {rays_o.device} but the estimator is on {self.aabbs.device}; move one with `.to()`."
+            )
+        n_rays = rays_o.shape[0]
+        near_planes = torch.full_like(rays_o[:, 0], float(near_plane))
+        far_planes = torch.full_like(rays_o[:, 0], float(far_plane))
+        if t_min is not None:
+            check.floating("t_min", t_min)
+            near_planes = torch.maximum(near_planes, t_min.to(near_planes))
+        if t_max is not None:
+            check.floating("t_max", t_max)
+            far_planes = torch.minimum(far_planes, t_max.to(far_planes))
+        if stratified:
+            near_planes = near_planes + torch.rand_like(near_planes) * render_step_size
+        ray_indices, t_starts, t_ends = traverse_grids_samples(
+            rays_o, rays_d, self.binaries, self.aabbs, near_planes, far_planes, render_step_size, cone_angle
+        )
+        if (alpha_thre > 0.0 or early_stop_eps > 0.0) and (sigma_fn is not None or alpha_fn is not None):
+            visible_occs = self.occs.clamp(min=0)
+            alpha_thre = min(alpha_thre, visible_occs.mean().item())
+            packed_info = pack_info(ray_indices, n_rays)
+            if sigma_fn is not None:
+                sigmas = sigma_fn(t_starts, t_ends, ray_indices)
+                if sigmas.shape != t_starts.shape:
+                    raise ValueError(
+                        f"`sigma_fn` must return shape {tuple(t_starts.shape)}, got {tuple(sigmas.shape)}."
+                    )
+                masks = render_visibility_from_density(
+                    t_starts,
+                    t_ends,
+                    sigmas,
+                    packed_info=packed_info,
+                    early_stop_eps=early_stop_eps,
+                    alpha_thre=alpha_thre,
+                )
+            else:
+                alphas = alpha_fn(t_starts, t_ends, ray_indices)
+                if alphas.shape != t_starts.shape:
+                    raise ValueError(
+                        f"`alpha_fn` must return shape {tuple(t_starts.shape)}, got {tuple(alphas.shape)}."
+                    )
+                masks = render_visibility_from_alpha(
+                    alphas, packed_info=packed_info, early_stop_eps=early_stop_eps, alpha_thre=alpha_thre
+                )
+            ray_indices, t_starts, t_ends = ray_indices[masks], t_starts[masks], t_ends[masks]
+        return ray_indices, t_starts, t_ends
+
+    @torch.no_grad()
+    def update_every_n_steps(
+        self,
+        step: int,
+        occ_eval_fn: Callable,
+        occ_thre: float = 1e-2,
+        ema_decay: float = 0.95,
+        warmup_steps: int = 256,
+        n: int = 16,
+    ) -> None:
+        """Updates the grid every ``n`` training steps.
+
+        Args:
+            step: Current training step.
+            occ_eval_fn: ``(x (N, 3)) -> occupancy (N, 1) or (N,)``, typically ``density(x) * render_step_size``.
+            occ_thre: Cells with occupancy above ``min(occ_thre, mean occupancy)`` are marked occupied.
+            ema_decay: Decay of a cell's previous occupancy at each update.
+            warmup_steps: Before this step every cell is evaluated; afterwards a quarter of the cells at
+                random plus up to as many occupied cells.
+            n: Update period in steps.
+        """
+        if not self.training:
+            raise RuntimeError(
+                "update_every_n_steps() is for training (call .train() first); to refresh the grid during "
+                "inference call `_update(step, occ_eval_fn)` directly."
+            )
+        if step % n == 0:
+            self._update(
+                step=step, occ_eval_fn=occ_eval_fn, occ_thre=occ_thre, ema_decay=ema_decay, warmup_steps=warmup_steps
+            )
+
+    @torch.no_grad()
+    def _get_all_cells(self) -> list[Tensor]:
+        return [self.grid_indices] * self.levels
+
+    @torch.no_grad()
+    def _sample_uniform_and_occupied_cells(self, n: int) -> list[Tensor]:
+        lvl_indices = []
+        for lvl in range(self.levels):
+            uniform = torch.randint(self.cells_per_lvl, (n,), device=self.occs.device)
+            occupied = torch.nonzero(self.binaries[lvl].flatten())[:, 0]
+            if n < len(occupied):
+                occupied = occupied[torch.randint(len(occupied), (n,), device=self.occs.device)]
+            lvl_indices.append(torch.cat([uniform, occupied], dim=0))
+        return lvl_indices
+
+    @torch.no_grad()
+    def _update(
+        self,
+        step: int,
+        occ_eval_fn: Callable,
+        occ_thre: float = 1e-2,
+        ema_decay: float = 0.95,
+        warmup_steps: int = 256,
+    ) -> None:
+        """One EMA update of the occupancy values followed by re-binarization."""
+        if step < warmup_steps:
+            lvl_indices = self._get_all_cells()
+        else:
+            lvl_indices = self._sample_uniform_and_occupied_cells(self.cells_per_lvl // 4)
+        res = self.resolution.to(self.occs.dtype)
+        occs = self.occs
+        ema = get_op("_grid_ema_update", occs.device)
+        for lvl, indices in enumerate(lvl_indices):
+            coords = self.grid_coords[indices]
+            x = (coords + torch.rand_like(coords, dtype=occs.dtype)) / res
+            x = self.aabbs[lvl, :3] + x * (self.aabbs[lvl, 3:] - self.aabbs[lvl, :3])
+            occ = occ_eval_fn(x)
+            if not isinstance(occ, Tensor) or occ.reshape(-1).shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"`occ_eval_fn` must return a tensor of {x.shape[0]} occupancies, shape (N,) or (N, 1); "
+                    f"got {getattr(occ, 'shape', type(occ).__name__)}."
+                )
+            occ = torch.nan_to_num(occ.reshape(-1).detach().to(occs.dtype), nan=0.0)
+            occs = ema(
+                occs.contiguous(), (lvl * self.cells_per_lvl + indices).contiguous(), occ.contiguous(), float(ema_decay)
+            )
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(occs, op=dist.ReduceOp.MAX)
+        self.occs.copy_(occs)
+        visible = self.occs.clamp(min=0)
+        thre = torch.clamp(visible.mean(), max=occ_thre)
+        self.binaries.copy_((self.occs > thre).view(self.binaries.shape))
+
+    @torch.no_grad()
+    def mark_invisible_cells(
+        self,
+        K: Float[Tensor, "... 3 3"],
+        c2w: Float[Tensor, "n 3 4"],
+        width: int,
+        height: int,
+        near_plane: float = 0.0,
+        chunk: int = 32**3,
+    ) -> None:
+        """Marks cells seen by no camera as invisible (occupancy -1, never sampled nor updated).
+
+        Call once before training when the cameras are fixed. Cameras use the OpenCV convention
+        (x right, y down, looking along +z), as in nerfacc; for OpenGL / Nerfstudio poses flip the
+        y and z axes of ``c2w`` first.
+
+        Args:
+            K: ``(3, 3)`` or ``(n, 3, 3)`` intrinsics.
+            c2w: ``(n, 3, 4)`` or ``(n, 4, 4)`` camera-to-world poses.
+            width: Image width in pixels.
+            height: Image height in pixels.
+            near_plane: Cells closer than this along the optical axis do not count as seen.
+            chunk: Cells processed at once.
+        """
+        K = check.floating("K", K).to(self.occs)
+        c2w = check.floating("c2w", c2w).to(self.occs)
+        if c2w.dim() != 3 or c2w.shape[1:] not in ((3, 4), (4, 4)):
+            raise ValueError(f"`c2w` must be (n, 3, 4) or (n, 4, 4), got {tuple(c2w.shape)}.")
+        if K.shape not in ((3, 3), (c2w.shape[0], 3, 3)):
+            raise ValueError(f"`K` must be (3, 3) or ({c2w.shape[0]}, 3, 3), got {tuple(K.shape)}.")
+        if K.dim() == 2:
+            K = K.expand(c2w.shape[0], 3, 3)
+        rot = c2w[:, :3, :3]
+        trans = c2w[:, :3, 3:]
+        w2c_rot = rot.transpose(1, 2)
+        w2c_t = -w2c_rot @ trans
+        res = self.resolution.to(self.occs.dtype)
+        for lvl in range(self.levels):
+            for start in range(0, self.cells_per_lvl, chunk):
+                idx = self.grid_indices[start : start + chunk]
+                x = (self.grid_coords[idx].to(self.occs.dtype) + 0.5) / res
+                xw = self.aabbs[lvl, :3] + x * (self.aabbs[lvl, 3:] - self.aabbs[lvl, :3])  # [m, 3]
+                xc = w2c_rot @ xw.T[None] + w2c_t  # [n, 3, m]
+                uvd = K @ xc
+                depth = uvd[:, 2, :]
+                uv = uvd[:, :2, :] / depth.clamp(min=1e-8)[:, None, :]
+                seen = (
+                    (depth > near_plane) & (uv[:, 0] >= 0) & (uv[:, 0] < width) & (uv[:, 1] >= 0) & (uv[:, 1] < height)
+                ).any(dim=0)
+                cells = lvl * self.cells_per_lvl + idx
+                self.occs[cells] = torch.where(
+                    seen, self.occs[cells].clamp(min=0), torch.full_like(self.occs[cells], -1.0)
+                )
+        self.binaries &= (self.occs >= 0).view(self.binaries.shape)

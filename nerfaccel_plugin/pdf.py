@@ -1,0 +1,156 @@
+"""Sorted search and inverse-transform (importance) sampling over batched or packed intervals."""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from . import _validation as check
+from ._backend import get_op
+from .data_specs import RayIntervals, RaySamples
+from .pack import pack_info
+
+
+def _as_packed(name: str, spec: Union[RayIntervals, RaySamples]) -> tuple[Tensor, Tensor, bool]:
+    """Returns ``(flat vals, packed_info, was_batched)`` for a RayIntervals / RaySamples."""
+    if not isinstance(spec, (RayIntervals, RaySamples)):
+        raise TypeError(f"`{name}` must be a RayIntervals or RaySamples, got {type(spec).__name__}.")
+    vals = check.floating(f"{name}.vals", spec.vals)
+    if vals.dim() == 2 and spec.packed_info is None and spec.ray_indices is None:
+        r, e = vals.shape
+        starts = torch.arange(r, device=vals.device, dtype=torch.long) * e
+        return vals.reshape(-1), torch.stack([starts, torch.full_like(starts, e)], dim=-1), True
+    if vals.dim() != 1:
+        raise ValueError(f"`{name}.vals` must be (n_rays, n) or flattened (all,), got {tuple(vals.shape)}.")
+    if spec.packed_info is not None:
+        check.same_device(**{f"{name}.vals": vals, f"{name}.packed_info": spec.packed_info})
+        return vals, check.packed_info(spec.packed_info, vals.shape[0]), False
+    if spec.ray_indices is not None:
+        return vals, pack_info(check.ray_indices(spec.ray_indices, vals.shape[0], None)), False
+    raise ValueError(f"`{name}` is flattened, so it needs `packed_info` or `ray_indices`.")
+
+
+@torch.no_grad()
+def searchsorted(
+    sorted_sequence: Union[RayIntervals, RaySamples], values: Union[RayIntervals, RaySamples]
+) -> tuple[Tensor, Tensor]:
+    """Per-ray searchsorted over batched or flattened sequences.
+
+    Returns ``(ids_left, ids_right)`` with ``sorted[ids_left] <= v < sorted[ids_right]``; values
+    outside a ray's range behave as if clipped into it. Indices index ``sorted_sequence.vals``:
+    along the last dimension when it is batched, into the flat tensor otherwise.
+
+    Args:
+        sorted_sequence: Ascending values per ray (RayIntervals or RaySamples).
+        values: Query values per ray; must have as many rays as ``sorted_sequence``.
+
+    Returns:
+        Two int64 tensors shaped like ``values.vals``.
+
+    Example:
+        >>> s = RayIntervals(vals=torch.tensor([0.0, 1.0, 0.0, 1.0, 2.0]), packed_info=torch.tensor([[0, 2], [2, 3]]))
+        >>> v = RayIntervals(vals=torch.tensor([0.5, 1.5, 2.5]), packed_info=torch.tensor([[0, 1], [1, 2]]))
+        >>> searchsorted(s, v)
+        (tensor([0, 3, 3]), tensor([1, 4, 4]))
+    """
+    s_vals, s_info, s_batched = _as_packed("sorted_sequence", sorted_sequence)
+    q_vals, q_info, q_batched = _as_packed("values", values)
+    check.same_device(sorted_sequence=s_vals, values=q_vals)
+    if s_info.shape[0] != q_info.shape[0]:
+        raise ValueError(f"`sorted_sequence` has {s_info.shape[0]} rays but `values` has {q_info.shape[0]}.")
+    dtype = torch.promote_types(check.compute_dtype(s_vals), check.compute_dtype(q_vals))
+    left, right = get_op("_searchsorted", s_vals.device)(
+        s_vals.to(dtype).contiguous(), s_info, q_vals.to(dtype).contiguous(), q_info
+    )
+    if s_batched:
+        # Global flat indices -> indices along the last dimension of the batched sequence.
+        ray_of_q = torch.repeat_interleave(torch.arange(q_info.shape[0], device=q_vals.device), q_info[:, 1])
+        offset = s_info[ray_of_q, 0]
+        left, right = left - offset, right - offset
+    shape = values.vals.shape
+    return left.reshape(shape), right.reshape(shape)
+
+
+@torch.no_grad()
+def importance_sampling(
+    intervals: RayIntervals,
+    cdfs: Float[Tensor, "..."],
+    n_intervals_per_ray: Union[Tensor, int],
+    stratified: bool = False,
+) -> tuple[RayIntervals, RaySamples]:
+    """Inverse-transform sampling of new intervals from CDFs given at interval edges.
+
+    Sample ``j`` of a ray sits at CDF value ``c0 + (j + b) (c1 - c0) / n`` (``b = 0.5``, or one
+    uniform jitter per ray when ``stratified``); new edges are midpoints between samples, the first
+    and last clipped to the ray's original range. Not differentiable.
+
+    Args:
+        intervals: Edges per ray (batched ``(n_rays, n_edges)`` or packed).
+        cdfs: Non-decreasing CDF values at the edges, shaped like ``intervals.vals``.
+        n_intervals_per_ray: New intervals per ray: an int (batched output) or an ``(n_rays,)`` tensor
+            (packed output; 0 allowed).
+        stratified: Jitter the samples (one random offset per ray).
+
+    Returns:
+        ``(intervals, samples)``. For an int ``n``: ``intervals.vals`` is ``(n_rays, n + 1)`` and
+        ``samples.vals`` ``(n_rays, n)``. For a tensor: packed results with ``packed_info``,
+        ``ray_indices`` and (for intervals) ``is_left`` / ``is_right``.
+
+    Example:
+        >>> iv = RayIntervals(vals=torch.tensor([0.0, 1.0, 0.0, 1.0, 2.0]), packed_info=torch.tensor([[0, 2], [2, 3]]))
+        >>> new_iv, s = importance_sampling(iv, torch.tensor([0.0, 0.5, 0.0, 0.5, 1.0]), 2)
+        >>> new_iv.vals
+        tensor([[0.0000, 0.5000, 1.0000], [0.0000, 1.0000, 2.0000]])
+        >>> s.vals
+        tensor([[0.2500, 0.7500], [0.5000, 1.5000]])
+    """
+    if not isinstance(intervals, RayIntervals):
+        raise TypeError(f"`intervals` must be a RayIntervals, got {type(intervals).__name__}.")
+    cdfs = check.floating("cdfs", cdfs)
+    check.same_shape("cdfs", cdfs, "intervals.vals", intervals.vals)
+    vals, info, _ = _as_packed("intervals", intervals)
+    check.same_device(intervals=vals, cdfs=cdfs)
+    n_rays = info.shape[0]
+    device = vals.device
+    if isinstance(n_intervals_per_ray, Tensor):
+        n_per_ray = check.integer("n_intervals_per_ray", n_intervals_per_ray).to(device).long().reshape(-1)
+        if n_per_ray.shape[0] != n_rays:
+            raise ValueError(f"`n_intervals_per_ray` has {n_per_ray.shape[0]} entries for {n_rays} rays.")
+        if check.value_checks_enabled() and n_rays > 0 and bool((n_per_ray < 0).any()):
+            raise ValueError("`n_intervals_per_ray` must be >= 0.")
+        batched_n = None
+    else:
+        if int(n_intervals_per_ray) < 1:
+            raise ValueError(f"`n_intervals_per_ray` must be >= 1, got {n_intervals_per_ray}.")
+        batched_n = int(n_intervals_per_ray)
+        if n_rays > 0 and bool((info[:, 1] == 0).any()):
+            raise ValueError(
+                "some rays have no edges, so an int `n_intervals_per_ray` cannot give a batched result; pass a "
+                "per-ray tensor (0 for those rays) instead."
+            )
+        n_per_ray = torch.full((n_rays,), batched_n, device=device, dtype=torch.long)
+    dtype = torch.promote_types(check.compute_dtype(vals), check.compute_dtype(cdfs))
+    bias = (
+        torch.rand(n_rays, device=device, dtype=dtype)
+        if stratified
+        else torch.full((n_rays,), 0.5, device=device, dtype=dtype)
+    )
+    samples, s_info, edges, e_info = get_op("_importance_sampling", device)(
+        vals.to(dtype).contiguous(), cdfs.reshape(-1).to(dtype).contiguous(), info, n_per_ray, bias
+    )
+    if batched_n is not None:
+        return RayIntervals(vals=edges.reshape(n_rays, batched_n + 1)), RaySamples(
+            vals=samples.reshape(n_rays, batched_n)
+        )
+    s_rays = torch.repeat_interleave(torch.arange(n_rays, device=device), s_info[:, 1])
+    e_rays = torch.repeat_interleave(torch.arange(n_rays, device=device), e_info[:, 1])
+    e_pos = torch.arange(e_rays.numel(), device=device) - e_info[e_rays, 0]
+    is_left = e_pos < e_info[e_rays, 1] - 1
+    is_right = e_pos > 0
+    return (
+        RayIntervals(vals=edges, packed_info=e_info, ray_indices=e_rays, is_left=is_left, is_right=is_right),
+        RaySamples(vals=samples, packed_info=s_info, ray_indices=s_rays),
+    )
