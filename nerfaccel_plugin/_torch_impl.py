@@ -489,9 +489,9 @@ def _importance_sampling(
     samples = torch.where(flat, 0.5 * (t0 + t1), t0 + (u - cu0) * (t1 - t0) / safe_du)
 
     # Edges: midpoints, first/last extended by half a gap and clipped to the ray's range.
-    t_first = edge_vals[packed_info[:, 0]]
-    t_last = edge_vals[packed_info[:, 0] + torch.clamp(counts - 1, min=0)]
-    e_ray, e_pos, _ = _chunk_layout(e_packed)
+    e_ray, e_pos, _ = _chunk_layout(e_packed)  # only rays with n > 0, hence with >= 1 edge
+    e_first = edge_vals[packed_info[e_ray, 0]]
+    e_last = edge_vals[packed_info[e_ray, 0] + counts[e_ray] - 1]
     s_base = s_packed[e_ray, 0]
     n_e = n[e_ray]
     j_left = torch.clamp(e_pos - 1, min=0)
@@ -501,13 +501,13 @@ def _importance_sampling(
     mids = 0.5 * (left + right)
     s0 = samples[s_base]
     s1 = samples[s_base + torch.minimum(torch.ones_like(n_e), n_e - 1)]
-    first = torch.maximum(s0 - 0.5 * (s1 - s0), t_first[e_ray])
+    first = torch.maximum(s0 - 0.5 * (s1 - s0), e_first)
     sl = samples[s_base + n_e - 1]
     sl_prev = samples[s_base + torch.clamp(n_e - 2, min=0)]
-    last_edge = torch.minimum(sl + 0.5 * (sl - sl_prev), t_last[e_ray])
+    last_edge = torch.minimum(sl + 0.5 * (sl - sl_prev), e_last)
     single = n_e == 1
-    first = torch.where(single, t_first[e_ray], first)
-    last_edge = torch.where(single, t_last[e_ray], last_edge)
+    first = torch.where(single, e_first, first)
+    last_edge = torch.where(single, e_last, last_edge)
     edges = torch.where(e_pos == 0, first, torch.where(e_pos == n_e, last_edge, mids))
     return samples, s_packed, edges, e_packed
 

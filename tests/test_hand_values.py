@@ -1,0 +1,148 @@
+"""Rendering and scan functions against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import nerfaccel_plugin as nacc
+
+ALPHAS = [0.4, 0.8, 0.1, 0.8, 0.1, 0.0, 0.9]
+RAY_IDS = [0, 0, 0, 1, 1, 2, 2]
+PACKED = [[0, 3], [3, 2], [5, 2]]
+
+
+def _t(x, dtype=torch.float32):
+    return torch.tensor(x, dtype=dtype)
+
+
+def test_scans_hand_values():
+    x = _t([1.0, 2, 3, 4, 5, 6, 7, 8, 9])
+    info = torch.tensor([[0, 2], [2, 3], [5, 4]])
+    torch.testing.assert_close(nacc.inclusive_sum(x, info), _t([1.0, 3, 3, 7, 12, 6, 13, 21, 30]))
+    torch.testing.assert_close(nacc.exclusive_sum(x, info), _t([0.0, 1, 0, 3, 7, 0, 6, 13, 21]))
+    torch.testing.assert_close(nacc.inclusive_prod(x, info), _t([1.0, 2, 3, 12, 60, 6, 42, 336, 3024]))
+    torch.testing.assert_close(nacc.exclusive_prod(x, info), _t([1.0, 1, 1, 3, 12, 1, 6, 42, 336]))
+    idx = torch.tensor([0, 0, 1, 1, 1, 2, 2, 2, 2])
+    torch.testing.assert_close(nacc.inclusive_sum(x, indices=idx), nacc.inclusive_sum(x, info))
+    torch.testing.assert_close(nacc.exclusive_prod(x, indices=idx), nacc.exclusive_prod(x, info))
+
+
+def test_scans_batched_hand_values():
+    x = _t([[1.0, 2, 3], [4, 5, 6]])
+    torch.testing.assert_close(nacc.inclusive_sum(x), _t([[1.0, 3, 6], [4, 9, 15]]))
+    torch.testing.assert_close(nacc.exclusive_sum(x), _t([[0.0, 1, 3], [0, 4, 9]]))
+    torch.testing.assert_close(nacc.inclusive_prod(x), _t([[1.0, 2, 6], [4, 20, 120]]))
+    torch.testing.assert_close(nacc.exclusive_prod(x), _t([[1.0, 1, 2], [1, 4, 20]]))
+
+
+def test_scan_gap_in_packed_info_leaves_zeros():
+    x = _t([1.0, 2, 3, 4])
+    info = torch.tensor([[0, 1], [2, 2]])  # element 1 belongs to no ray
+    torch.testing.assert_close(nacc.inclusive_sum(x, info), _t([1.0, 0, 3, 7]))
+
+
+@pytest.mark.parametrize("form", ["ray_indices", "packed_info"])
+def test_weights_from_alpha_hand_values(form):
+    kw = {"ray_indices": torch.tensor(RAY_IDS)} if form == "ray_indices" else {"packed_info": torch.tensor(PACKED)}
+    weights, trans = nacc.render_weight_from_alpha(_t(ALPHAS), **kw)
+    torch.testing.assert_close(trans, _t([1.0, 0.6, 0.12, 1.0, 0.2, 1.0, 1.0]))
+    torch.testing.assert_close(weights, _t([0.4, 0.48, 0.012, 0.8, 0.02, 0.0, 0.9]))
+    torch.testing.assert_close(nacc.render_transmittance_from_alpha(_t(ALPHAS), **kw), trans)
+
+
+def test_weights_from_density_hand_values():
+    sig = ALPHAS
+    t0 = _t([0.0, 1, 2, 3, 4, 5, 6])
+    t1 = t0 + 1.0
+    weights, trans, alphas = nacc.render_weight_from_density(t0, t1, _t(sig), ray_indices=torch.tensor(RAY_IDS))
+    exp_alpha = [1 - math.exp(-s) for s in sig]
+    exp_trans = [1.0, math.exp(-0.4), math.exp(-1.2), 1.0, math.exp(-0.8), 1.0, 1.0]
+    torch.testing.assert_close(alphas, _t(exp_alpha))
+    torch.testing.assert_close(trans, _t(exp_trans))
+    torch.testing.assert_close(weights, _t([a * t for a, t in zip(exp_alpha, exp_trans, strict=True)]))
+    trans2, alphas2 = nacc.render_transmittance_from_density(t0, t1, _t(sig), ray_indices=torch.tensor(RAY_IDS))
+    torch.testing.assert_close(trans2, trans)
+    torch.testing.assert_close(alphas2, alphas)
+
+
+def test_interval_length_matters():
+    # Same density, twice the interval: alpha = 1 - exp(-2 sigma).
+    w, _, a = nacc.render_weight_from_density(_t([[0.0, 1.0]]), _t([[2.0, 1.5]]), _t([[0.5, 0.5]]))
+    torch.testing.assert_close(a, _t([[1 - math.exp(-1.0), 1 - math.exp(-0.25)]]))
+    torch.testing.assert_close(w[0, 1], _t(math.exp(-1.0) * (1 - math.exp(-0.25))))
+
+
+def test_visibility_early_stop_and_alpha_threshold():
+    kw = {"ray_indices": torch.tensor(RAY_IDS)}
+    vis = nacc.render_visibility_from_alpha(_t(ALPHAS), early_stop_eps=0.3, alpha_thre=0.2, **kw)
+    assert vis.tolist() == [True, True, False, True, False, False, True]
+    vis = nacc.render_visibility_from_alpha(_t(ALPHAS), early_stop_eps=0.15, alpha_thre=0.0, **kw)
+    # trans = [1, .6, .12, 1, .2, 1, 1]
+    assert vis.tolist() == [True, True, False, True, True, True, True]
+    t0 = _t([0.0, 1, 2, 3, 4, 5, 6])
+    vis = nacc.render_visibility_from_density(t0, t0 + 1, _t(ALPHAS), early_stop_eps=0.35, alpha_thre=0.2, **kw)
+    # trans = [1, e^-.4=.67, e^-1.2=.30, 1, e^-.8=.45, 1, 1]; alpha = [.33, .55, .095, .55, .095, 0, .59]
+    assert vis.tolist() == [True, True, False, True, False, False, True]
+
+
+def test_prefix_trans_multiplies():
+    prefix = _t([0.5] * 7)
+    w, t = nacc.render_weight_from_alpha(_t(ALPHAS), ray_indices=torch.tensor(RAY_IDS), prefix_trans=prefix)
+    torch.testing.assert_close(t, _t([0.5, 0.3, 0.06, 0.5, 0.1, 0.5, 0.5]))
+    torch.testing.assert_close(w, _t([0.2, 0.24, 0.006, 0.4, 0.01, 0.0, 0.45]))
+
+
+def test_accumulate_and_rendering_hand_values():
+    weights = _t([0.4, 0.48, 0.012, 0.8, 0.02, 0.0, 0.9])
+    values = _t([[1.0], [2.0], [3.0], [1.0], [1.0], [5.0], [2.0]])
+    out = nacc.accumulate_along_rays(weights, values, torch.tensor(RAY_IDS), n_rays=4)
+    torch.testing.assert_close(out, _t([[0.4 + 0.96 + 0.036], [0.82], [1.8], [0.0]]))
+    opac = nacc.accumulate_along_rays(weights, None, torch.tensor(RAY_IDS), n_rays=3)
+    torch.testing.assert_close(opac, _t([[0.892], [0.82], [0.9]]))
+
+    t0 = _t([0.0, 1.0, 0.0])
+    t1 = _t([1.0, 2.0, 1.0])
+    ray_ids = torch.tensor([0, 0, 2])
+    rgb = _t([[1.0, 0, 0], [0, 1, 0], [0, 0, 1]])
+    alphas = _t([0.5, 1.0, 0.25])
+    colors, opacity, depth, extras = nacc.rendering(
+        t0, t1, ray_ids, n_rays=3, rgb_alpha_fn=lambda *_: (rgb, alphas), render_bkgd=_t([1.0, 1.0, 1.0])
+    )
+    # ray 0: w = [0.5, 0.5]; ray 1: empty -> background; ray 2: w = 0.25
+    torch.testing.assert_close(opacity, _t([[1.0], [0.0], [0.25]]))
+    torch.testing.assert_close(colors, _t([[0.5, 0.5, 0.0], [1.0, 1.0, 1.0], [0.75, 0.75, 1.0]]))
+    torch.testing.assert_close(depth, _t([[1.0], [0.0], [0.5]]))
+    assert set(extras) == {"weights", "trans", "rgbs", "alphas"}
+
+
+def test_rendering_batched_matches_packed():
+    t0 = torch.linspace(0, 1, 8).repeat(3, 1)
+    t1 = t0 + 1 / 7
+    sig = torch.rand(3, 8) * 5
+    rgb = torch.rand(3, 8, 3)
+    cb, ob, db, _ = nacc.rendering(t0, t1, rgb_sigma_fn=lambda *_: (rgb, sig))
+    ray_ids = torch.arange(3).repeat_interleave(8)
+    cp, op, dp, _ = nacc.rendering(
+        t0.reshape(-1), t1.reshape(-1), ray_ids, n_rays=3, rgb_sigma_fn=lambda *_: (rgb.reshape(-1, 3), sig.reshape(-1))
+    )
+    torch.testing.assert_close(cb, cp)
+    torch.testing.assert_close(ob, op)
+    torch.testing.assert_close(db, dp)
+
+
+def test_half_precision_is_upcast():
+    w16, t16 = nacc.render_weight_from_alpha(_t(ALPHAS, torch.float16), ray_indices=torch.tensor(RAY_IDS))
+    assert w16.dtype == torch.float32
+    w32, _ = nacc.render_weight_from_alpha(_t(ALPHAS), ray_indices=torch.tensor(RAY_IDS))
+    torch.testing.assert_close(w16, w32, atol=1e-3, rtol=1e-3)
+
+
+def test_distortion_hand_value():
+    # One ray, two samples: w = [0.5, 0.5], mids 0.5 and 1.5, widths 1.
+    w = _t([[0.5, 0.5]])
+    loss = nacc.distortion(w, _t([[0.0, 1.0]]), _t([[1.0, 2.0]]))
+    # sum_ij w_i w_j |m_i - m_j| = 2 * 0.25 * 1 = 0.5 ; 1/3 sum w^2 d = 1/3 * 0.5 = 1/6
+    torch.testing.assert_close(loss, _t([0.5 + 1 / 6]))
