@@ -1,0 +1,1 @@
+"""Runnable examples (``python -m nerfaccel_plugin.examples.<name>``)."""
