@@ -13,6 +13,7 @@ and the nearest hit per ray wins.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -398,8 +399,20 @@ class FlatScene:
         """Nearest hit beyond ``t_min`` of rays ``o + t d`` (``d`` unit length).
 
         Returns ``(t, normal, prim)``: ``t`` is ``inf`` and ``prim`` is -1 where the ray misses.
+        Parallel rays and rays from one origin take binned fast paths; other rays a matrix test.
         """
         n = o.shape[0]
+        if n > 1 and bool(((d - d[:1]).abs() <= 1e-12).all()):
+            return self.cast_parallel(o, d[0], t_min)
+        if n > 1 and bool(((o - o[:1]).abs() <= 1e-12).all()):
+            mean = d.mean(0)
+            if float(mean.norm()) > 1e-6:
+                rot = _frame_from_back(-mean / mean.norm())
+                dc = d @ rot
+                if bool((dc[:, 2] < -1e-3).all()):
+                    c2w = torch.cat([rot, o[0, :, None]], 1)
+                    t, nrm, prim, _ = self.cast_pinhole(c2w, dc / -dc[:, 2:3], t_min)
+                    return t, nrm, prim
         t_out = torch.full((n,), math.inf, dtype=torch.float64)
         n_out = torch.zeros((n, 3), dtype=torch.float64)
         p_out = torch.full((n,), -1, dtype=torch.long)
@@ -444,18 +457,16 @@ class FlatScene:
         t, n, p = self.intersect_pairs(o, d, ri, ki, t_min)
         return t, n, p, d
 
-    def cast_directional(self, points: Tensor, direction: Tensor, t_min: float) -> Tensor:
-        """Whether rays from ``points`` along the unit ``direction`` hit anything beyond ``t_min`` (bool ``(n,)``)."""
-        helper = [1.0, 0.0, 0.0] if abs(float(direction[0])) < 0.9 else [0.0, 1.0, 0.0]
-        helper = torch.tensor(helper, dtype=torch.float64)
-        e1 = torch.linalg.cross(direction, helper)
-        e1 = e1 / e1.norm()
-        e2 = torch.linalg.cross(direction, e1)
-        basis = torch.stack([e1, e2], -1)  # [3, 2]
+    def cast_parallel(self, points: Tensor, direction: Tensor, t_min: float) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`cast` for rays that share one unit ``direction``, binned in the plane across it."""
+        basis = _frame_from_back(direction)[:, :2]  # [3, 2], both axes orthogonal to the direction
         cp = (self.corners() @ basis).reshape(-1, 8, 2)
         ri, ki = _pairs_2d(points @ basis, cp.min(1).values, cp.max(1).values)
-        t, _, _ = self.intersect_pairs(points, direction.expand_as(points), ri, ki, t_min)
-        return torch.isfinite(t)
+        return self.intersect_pairs(points, direction.expand_as(points), ri, ki, t_min)
+
+    def cast_directional(self, points: Tensor, direction: Tensor, t_min: float) -> Tensor:
+        """Whether rays from ``points`` along the unit ``direction`` hit anything beyond ``t_min`` (bool ``(n,)``)."""
+        return torch.isfinite(self.cast_parallel(points, direction, t_min)[0])
 
     def intersect_pairs(
         self, o: Tensor, d: Tensor, ri: Tensor, ki: Tensor, t_min: float
@@ -485,6 +496,16 @@ class FlatScene:
         sel = win & (ki == prim[ri])
         normal[ri[sel]] = torch.einsum("nij,nj->ni", rot[sel], nl[sel])
         return t_best, normal, prim
+
+
+def _frame_from_back(back: Tensor) -> Tensor:
+    """A rotation (3x3, float64) whose third column is the unit vector ``back``."""
+    back = back.double()
+    helper = [0.0, 0.0, 1.0] if abs(float(back[2])) < 0.9 else [1.0, 0.0, 0.0]
+    right = torch.linalg.cross(torch.tensor(helper, dtype=torch.float64), back)
+    right = right / right.norm()
+    up = torch.linalg.cross(back, right)
+    return torch.stack([right, up, back], 1)
 
 
 def _pairs_2d(pts: Tensor, lo: Tensor, hi: Tensor, cells: int = 64) -> tuple[Tensor, Tensor]:
@@ -565,6 +586,23 @@ def _hit_cylinder(o: Tensor, d: Tensor, h: Tensor, t_min: float) -> tuple[Tensor
     return t, torch.where(use_cap[:, None], n_cap, n_side)
 
 
+def _single_threaded(fn: Callable) -> Callable:
+    """Runs ``fn`` with one torch thread: its many small ops are far faster so on a shared CPU."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        threads = torch.get_num_threads()
+        if threads == 1:
+            return fn(*args, **kwargs)
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper
+
+
 class BrickScene:
     """Ground truth for the embedded brick model: geometry, exact depth, occupancy and images.
 
@@ -620,6 +658,7 @@ class BrickScene:
             self._cache.clear()
         return self._aabb.clone()
 
+    @_single_threaded
     def occupancy(
         self, points: Float[Tensor, "n 3"] | Float[np.ndarray, "n 3"], time: float = 0.0
     ) -> Bool[Tensor, " n"] | Bool[np.ndarray, " n"]:
@@ -639,6 +678,7 @@ class BrickScene:
         occ = self.at(time).occupancy(x.reshape(-1, 3)).reshape(shape)
         return occ.to(points.device) if is_tensor else occ.numpy()
 
+    @_single_threaded
     def cast_rays(
         self, origins: Float[Tensor, "n 3"], directions: Float[Tensor, "n 3"], time: float = 0.0
     ) -> dict[str, Tensor]:
@@ -685,6 +725,7 @@ class BrickScene:
         shade = AMBIENT * sky + DIFFUSE * lam * vis
         return (flat.color[prim] * shade[:, None]).clamp(0.0, 1.0)
 
+    @_single_threaded
     def render(
         self,
         c2w: Float[Tensor, "3 4"] | Float[np.ndarray, "3 4"],
