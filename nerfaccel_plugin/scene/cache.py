@@ -67,13 +67,15 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _remove_stale(root: Path, name: str) -> None:
-    """Deletes temporary and discarded folders of ``name`` left by processes that are gone."""
-    for p in root.glob(f".tmp-{name}-*"):
+    """Deletes temporary folders left by processes that are gone (and earlier ones of ``name`` from this
+    process, which holds the lock), and discarded copies."""
+    for p in root.glob(".tmp-*"):
         try:
-            pid = int(p.name[len(f".tmp-{name}-") :].split("-")[0])
-        except ValueError:
-            pid = -1
-        if pid <= 0 or pid == os.getpid() or not _pid_alive(pid):
+            pid = int(p.name.rsplit("-", 2)[1])
+        except (ValueError, IndexError):
+            continue
+        mine = p.name.startswith(f".tmp-{name}-") and pid == os.getpid()
+        if mine or not _pid_alive(pid):
             shutil.rmtree(p, ignore_errors=True)
     for p in root.glob(f".old-{name}-*"):
         shutil.rmtree(p, ignore_errors=True)
@@ -112,6 +114,8 @@ def ensure_scene(
         tmp = root / f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             generate_scene(tmp, spec, progress=progress)
+            if check_complete(final, spec):  # another process (without a working lock) won the race
+                return final
             if final.exists() or final.is_symlink():  # incomplete or corrupted copy: move it out of the way
                 trash = root / f".old-{name}-{uuid.uuid4().hex[:8]}"
                 with contextlib.suppress(OSError):
