@@ -39,6 +39,8 @@ def distortion(
     t_ends = check.floating("t_ends", t_ends)
     check.same_shape("t_starts", t_starts, "weights", weights)
     check.same_shape("t_ends", t_ends, "weights", weights)
+    dtype = check.compute_dtype(weights)
+    weights, t_starts, t_ends = weights.to(dtype), t_starts.to(dtype), t_ends.to(dtype)
     mids = (t_starts + t_ends) * 0.5
     intervals = t_ends - t_starts
     if ray_indices is None:

@@ -20,7 +20,7 @@ def _packed(
     if packed_info is not None and indices is not None:
         raise ValueError(f"{name}: pass either `packed_info` or `indices`, not both.")
     if packed_info is None and indices is None:
-        return inputs, None
+        return inputs.to(check.compute_dtype(inputs)), None
     if inputs.dim() != 1:
         raise ValueError(
             f"{name}: `inputs` must be flattened with shape (all_samples,) when `packed_info`/`indices` is given, "

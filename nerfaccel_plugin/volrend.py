@@ -284,7 +284,11 @@ def accumulate_along_rays(
             raise ValueError(
                 f"`weights` must be batched (n_rays, n_samples) when `ray_indices` is None, got {tuple(weights.shape)}."
             )
-        src = weights[..., None] if values is None else weights[..., None] * values
+        dtype = check.compute_dtype(weights)
+        if values is not None:
+            dtype = torch.promote_types(dtype, check.compute_dtype(values))
+        w = weights.to(dtype)
+        src = w[..., None] if values is None else w[..., None] * values.to(dtype)
         return src.sum(dim=-2)
     if n_rays is None:
         raise ValueError("`n_rays` must be given together with `ray_indices`.")
