@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from torch.autograd import gradcheck, gradgradcheck
 
 import nerfaccel_plugin as nacc
@@ -391,3 +393,32 @@ def test_contract_gradient_at_box_centre_is_finite(ord):
     y = torch.full((1, 3), 0.5, dtype=F64, requires_grad=True)
     nacc.uncontract(y, AABB, ord=ord).sum().backward()
     torch.testing.assert_close(y.grad[0], 4.0 * (AABB[3:] - AABB[:3]) / 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Random layouts
+# ---------------------------------------------------------------------------------------------
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(counts=st.lists(st.integers(0, 4), min_size=1, max_size=5), seed=st.integers(0, 2**31 - 1))
+@example(counts=[0], seed=0)
+@example(counts=[1], seed=1)
+@example(counts=[0, 0, 3], seed=2)
+def test_random_layouts_gradcheck(counts, seed):
+    """Scans, weights and distortion on hypothesis-drawn layouts, with exact 0 / 1 values mixed in."""
+    info, ids = layout(counts)
+    n = sum(counts)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, generator=g, dtype=F64) + 0.5
+    special = torch.rand(n, generator=g) < 0.3
+    alphas = torch.where(special, (torch.rand(n, generator=g) < 0.5).to(F64), x - 0.5).requires_grad_()
+    x = torch.where(special, torch.zeros_like(x), x).requires_grad_()
+    for name in SCANS:
+        fn = getattr(nacc, name)
+        assert gradcheck(lambda v, fn=fn: fn(v, info), (x,))
+    assert gradcheck(lambda a: nacc.render_weight_from_alpha(a, info), (alphas,))
+    t0, t1 = sorted_intervals(counts, seed=seed % 1000)
+    sigmas = (torch.rand(n, generator=g, dtype=F64) * 3.0).requires_grad_()
+    assert gradcheck(lambda a, b, s: nacc.render_weight_from_density(a, b, s, ray_indices=ids), (t0, t1, sigmas))
+    w = torch.rand(n, generator=g, dtype=F64).requires_grad_()
+    assert gradcheck(lambda a, b, c: nacc.distortion(a, b, c, ids, len(counts)), (w, t0, t1))
+    assert gradcheck(lambda a: nacc.accumulate_along_rays(a, None, ids, len(counts)), (w,))

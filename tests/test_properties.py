@@ -551,7 +551,7 @@ def test_rendering_packed(counts, seed):
         assert torch.equal(ri, ids)
         return rgbs, alphas
 
-    w_ref, _, _ = ref_weights_from_density(t0.tolist(), t1.tolist(), sigmas.tolist(), chunks(info), n)
+    w_ref, t_ref, a_ref = ref_weights_from_density(t0.tolist(), t1.tolist(), sigmas.tolist(), chunks(info), n)
     for bg in (None, bkgd):
         colors, opac, depth, extras = nacc.rendering(t0, t1, ids, n_rays, rgb_sigma_fn=rgb_sigma_fn, render_bkgd=bg)
         c_ref, o_ref, d_ref = ref_rendering(
@@ -562,6 +562,9 @@ def test_rendering_packed(counts, seed):
         close(opac, o_ref)
         close(depth, d_ref, rtol=1e-7, atol=1e-9)
         close(extras["weights"], w_ref)
+        close(extras["trans"], t_ref)
+        close(extras["alphas"], a_ref)
+        assert extras["sigmas"] is sigmas and extras["rgbs"] is rgbs
         assert (opac <= 1 + 1e-12).all() and (opac >= -1e-12).all()
     assert len(calls) == 2
     w_ref, _ = ref_weights_from_alpha(alphas.tolist(), chunks(info), n)
@@ -570,6 +573,8 @@ def test_rendering_packed(counts, seed):
     close(colors, c_ref)
     close(opac, o_ref)
     close(depth, d_ref, rtol=1e-7, atol=1e-9)
+    close(extras["weights"], w_ref)
+    assert extras["alphas"] is alphas and "sigmas" not in extras
 
 
 @FAST
