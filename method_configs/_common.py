@@ -1,0 +1,93 @@
+"""Shared building blocks of the nerfaccel method configs (GPU and CPU defaults)."""
+
+from __future__ import annotations
+
+from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
+from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
+from nerfstudio.data.dataparsers.base_dataparser import DataParserConfig
+from nerfstudio.engine.optimizers import AdamOptimizerConfig
+from nerfstudio.engine.trainer import TrainerConfig
+
+from nerfaccel_plugin.models import NerfaccelModelConfig, NerfaccelPipelineConfig
+from nerfaccel_plugin.ns_compat import FloatExponentialDecaySchedulerConfig, default_device_type
+
+ON_GPU = default_device_type() == "cuda"
+"""Whether the configs are built for a GPU; without one every method picks the CPU and CPU-sized batches."""
+
+
+def make_trainer_config(
+    method_name: str,
+    dataparser: DataParserConfig,
+    model: NerfaccelModelConfig,
+    gpu_steps: int,
+    cpu_steps: int,
+    lr: float = 1e-2,
+    lr_final: float = 1e-3,
+    eps: float = 1e-15,
+    weight_decay: float = 0.0,
+    gpu_target_samples: int = 1 << 18,
+    cpu_target_samples: int = 1 << 14,
+    proposal: bool = False,
+) -> TrainerConfig:
+    """A Nerfstudio ``TrainerConfig`` for one nerfaccel method.
+
+    Args:
+        method_name: Name shown by Nerfstudio (and the output folder).
+        dataparser: Dataparser config.
+        model: Model config.
+        gpu_steps: Training iterations on a GPU.
+        cpu_steps: Training iterations on the CPU (short: a CPU is ~100x slower).
+        lr: Initial Adam learning rate (warmed up linearly over 100 steps).
+        lr_final: Learning rate reached at the last step (exponential decay).
+        eps: Adam epsilon (1e-15 as instant-ngp for hash grids).
+        weight_decay: Adam weight decay.
+        gpu_target_samples: Samples per batch on a GPU (the dynamic ray count follows it).
+        cpu_target_samples: Samples per batch on the CPU.
+        proposal: Add the ``proposal_networks`` optimizer group.
+
+    Returns:
+        The trainer config.
+    """
+    steps = gpu_steps if ON_GPU else cpu_steps
+    target = gpu_target_samples if ON_GPU else cpu_target_samples
+    if not ON_GPU:
+        model.eval_num_rays_per_chunk = 4096
+        model.samples_per_diagonal = min(model.samples_per_diagonal, 256)
+
+    def group() -> dict:
+        return {
+            "optimizer": AdamOptimizerConfig(lr=lr, eps=eps, weight_decay=weight_decay),
+            "scheduler": FloatExponentialDecaySchedulerConfig(
+                lr_final=lr_final, warmup_steps=min(100, steps // 10), max_steps=steps
+            ),
+        }
+
+    optimizers = {"fields": group()}
+    if proposal:
+        optimizers["proposal_networks"] = group()
+    return TrainerConfig(
+        method_name=method_name,
+        steps_per_eval_batch=500,
+        steps_per_eval_image=500 if ON_GPU else 1000,
+        steps_per_eval_all_images=1_000_000,
+        steps_per_save=2000 if ON_GPU else 500,
+        max_num_iterations=steps,
+        mixed_precision=ON_GPU,
+        save_only_latest_checkpoint=True,
+        pipeline=NerfaccelPipelineConfig(
+            datamanager=VanillaDataManagerConfig(
+                dataparser=dataparser,
+                train_num_rays_per_batch=4096 if ON_GPU else 512,
+                eval_num_rays_per_batch=4096 if ON_GPU else 512,
+            ),
+            model=model,
+            target_num_samples=target,
+            max_num_samples_per_ray=1024 if ON_GPU else 64,
+            max_rays_per_batch=1 << 16 if ON_GPU else 2048,
+            min_rays_per_batch=256,
+        ),
+        optimizers=optimizers,
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 15 if ON_GPU else 1 << 12),
+        vis="viewer",
+        machine=MachineConfig(device_type=default_device_type()),
+    )

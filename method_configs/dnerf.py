@@ -1,0 +1,31 @@
+"""``nerfaccel-dnerf``: dynamic scenes (D-NeRF data) with a time-aware occupancy grid and a time-conditioned field."""
+
+from nerfstudio.plugins.types import MethodSpecification
+
+from nerfaccel_plugin.dataparsers import NerfaccelDNeRFDataParserConfig
+from nerfaccel_plugin.models import NerfaccelModelConfig
+
+from ._common import make_trainer_config
+
+nerfaccel_dnerf = MethodSpecification(
+    config=make_trainer_config(
+        method_name="nerfaccel-dnerf",
+        dataparser=NerfaccelDNeRFDataParserConfig(),
+        model=NerfaccelModelConfig(
+            field_type="time-hash",
+            sampler="occupancy",
+            contraction="none",
+            grid_resolution=128,
+            grid_levels=1,
+            occ_time_samples=2,
+            alpha_thre=0.01,
+            background_color="random",
+        ),
+        gpu_steps=30000,
+        cpu_steps=2000,
+        lr=1e-2,
+        lr_final=3e-4,
+    ),
+    description="nerfaccel: dynamic scenes; time-aware occupancy grid + time-conditioned hash field. Falls back to "
+    "an embedded dynamic scene.",
+)

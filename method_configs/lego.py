@@ -1,0 +1,30 @@
+"""``nerfaccel-lego``: Blender synthetic objects with a one-level occupancy grid and a hash-grid field."""
+
+from nerfstudio.plugins.types import MethodSpecification
+
+from nerfaccel_plugin.dataparsers import NerfaccelBlenderDataParserConfig
+from nerfaccel_plugin.models import NerfaccelModelConfig
+
+from ._common import make_trainer_config
+
+nerfaccel_lego = MethodSpecification(
+    config=make_trainer_config(
+        method_name="nerfaccel-lego",
+        dataparser=NerfaccelBlenderDataParserConfig(),
+        model=NerfaccelModelConfig(
+            field_type="hash",
+            sampler="occupancy",
+            contraction="none",
+            grid_resolution=128,
+            grid_levels=1,
+            cone_angle=0.0,
+            alpha_thre=0.01,
+            background_color="random",
+        ),
+        gpu_steps=20000,
+        cpu_steps=2000,
+        lr=1e-2,
+        lr_final=3e-4,
+    ),
+    description="nerfaccel: Blender objects; occupancy grid (1 level) + hash grid. Falls back to an embedded scene.",
+)

@@ -1,0 +1,33 @@
+"""``nerfaccel-ngp``: real captures with a multi-level occupancy grid, cone stepping and a contracted hash grid."""
+
+from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+from nerfstudio.plugins.types import MethodSpecification
+
+from nerfaccel_plugin.models import NerfaccelModelConfig
+
+from ._common import make_trainer_config
+
+nerfaccel_ngp = MethodSpecification(
+    config=make_trainer_config(
+        method_name="nerfaccel-ngp",
+        dataparser=NerfstudioDataParserConfig(),
+        model=NerfaccelModelConfig(
+            field_type="hash",
+            sampler="occupancy",
+            contraction="linf",
+            grid_resolution=128,
+            grid_levels=4,
+            cone_angle=1.0 / 256,
+            alpha_thre=0.01,
+            near_plane=0.05,
+            background_color="random",
+            appearance_embedding_dim=0,
+        ),
+        gpu_steps=20000,
+        cpu_steps=2000,
+        lr=1e-2,
+        lr_final=3e-4,
+        weight_decay=1e-6,
+    ),
+    description="nerfaccel: real captures; multi-level occupancy grid, cone stepping, hash grid on contracted space.",
+)

@@ -1,0 +1,32 @@
+"""``nerfaccel-360``: unbounded 360-degree scenes with proposal networks and L2 scene contraction."""
+
+from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+from nerfstudio.plugins.types import MethodSpecification
+
+from nerfaccel_plugin.models import NerfaccelModelConfig
+
+from ._common import make_trainer_config
+
+nerfaccel_360 = MethodSpecification(
+    config=make_trainer_config(
+        method_name="nerfaccel-360",
+        dataparser=NerfstudioDataParserConfig(),
+        model=NerfaccelModelConfig(
+            field_type="hash",
+            sampler="proposal",
+            contraction="l2",
+            num_proposal_samples=(256, 96),
+            num_samples=48,
+            proposal_near_plane=0.05,
+            proposal_far_plane=1e3,
+            proposal_sampling_type="lindisp",
+            background_color="random",
+        ),
+        gpu_steps=20000,
+        cpu_steps=2000,
+        lr=1e-2,
+        lr_final=3e-4,
+        proposal=True,
+    ),
+    description="nerfaccel: unbounded 360 scenes; proposal networks + scene contraction + hash grid.",
+)

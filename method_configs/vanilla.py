@@ -1,0 +1,33 @@
+"""``nerfaccel-vanilla``: the original NeRF MLP, accelerated by an occupancy grid."""
+
+from nerfstudio.plugins.types import MethodSpecification
+
+from nerfaccel_plugin.dataparsers import NerfaccelBlenderDataParserConfig
+from nerfaccel_plugin.models import NerfaccelModelConfig
+
+from ._common import make_trainer_config
+
+nerfaccel_vanilla = MethodSpecification(
+    config=make_trainer_config(
+        method_name="nerfaccel-vanilla",
+        dataparser=NerfaccelBlenderDataParserConfig(),
+        model=NerfaccelModelConfig(
+            field_type="mlp",
+            sampler="occupancy",
+            contraction="none",
+            grid_resolution=128,
+            grid_levels=1,
+            alpha_thre=0.0,
+            samples_per_diagonal=500,
+            background_color="random",
+        ),
+        gpu_steps=50000,
+        cpu_steps=2000,
+        lr=5e-4,
+        lr_final=5e-5,
+        eps=1e-8,
+        gpu_target_samples=1 << 16,
+        cpu_target_samples=1 << 13,
+    ),
+    description="nerfaccel: the original NeRF (8-layer MLP, positional encoding) with an occupancy grid.",
+)

@@ -1,0 +1,203 @@
+"""Blender / D-NeRF dataparsers with input checks and a fallback to nerfaccel's embedded scene.
+
+``ns-train nerfaccel-lego`` with no arguments reads Nerfstudio's download location ``data/blender/lego``
+when it exists and otherwise generates the embedded scene (:func:`nerfaccel_plugin.scene.get_scene`),
+so training works on a fresh machine without any download. Any folder given explicitly is checked up
+front (folder, transforms file, every image readable) and a bad one is reported with the offending path.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
+from nerfstudio.data.dataparsers.blender_dataparser import Blender as BlenderDataParser
+from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
+from nerfstudio.data.dataparsers.dnerf_dataparser import DNeRF as DNeRFDataParser
+from nerfstudio.data.dataparsers.dnerf_dataparser import DNeRFDataParserConfig
+from nerfstudio.data.scene_box import SceneBox
+from PIL import Image
+from rich.console import Console
+
+CONSOLE = Console(width=120)
+
+DEFAULT_BLENDER = Path("data/blender/lego")
+DEFAULT_DNERF = Path("data/dnerf/lego")
+_DATA_OPTION = "--pipeline.datamanager.dataparser.data"
+
+
+def _image_path(folder: Path, file_path: str) -> Path:
+    rel = Path(file_path.replace("./", "", 1) if file_path.startswith("./") else file_path)
+    return folder / (rel if rel.suffix.lower() in (".png", ".jpg", ".jpeg") else rel.with_name(rel.name + ".png"))
+
+
+def validate_blender_folder(folder: Path, need_time: bool = False, check_images: bool = True) -> None:
+    """Checks a Blender / D-NeRF folder before anything is loaded or written.
+
+    Args:
+        folder: Folder with ``transforms_train.json`` (and optionally ``_val`` / ``_test``).
+        need_time: Require a ``time`` on every frame (D-NeRF).
+        check_images: Open every referenced image (header and data) to catch missing or corrupt files.
+
+    Raises:
+        FileNotFoundError: The folder, its ``transforms_train.json`` or an image is missing.
+        ValueError: A transforms file or an image cannot be read, or a field is missing.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Data folder {folder} does not exist (set it with {_DATA_OPTION} PATH).")
+    if not (folder / "transforms_train.json").is_file():
+        raise FileNotFoundError(
+            f"No transforms file: {folder / 'transforms_train.json'} is missing; a Blender-format folder needs "
+            "transforms_train.json (and optionally transforms_val.json / transforms_test.json)."
+        )
+    for split in ("train", "val", "test"):
+        path = folder / f"transforms_{split}.json"
+        if not path.is_file():
+            continue
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"Cannot read transforms file {path}: {err}") from err
+        if not isinstance(meta, dict) or "camera_angle_x" not in meta or not meta.get("frames"):
+            raise ValueError(f"Transforms file {path} needs `camera_angle_x` and a non-empty `frames` list.")
+        for i, frame in enumerate(meta["frames"]):
+            if "file_path" not in frame or "transform_matrix" not in frame:
+                raise ValueError(f"{path}: frame {i} needs `file_path` and `transform_matrix`.")
+            if need_time and "time" not in frame:
+                raise ValueError(f"{path}: frame {i} has no `time` (needed for dynamic scenes).")
+            if not check_images:
+                continue
+            image = _image_path(folder, frame["file_path"])
+            if not image.is_file():
+                raise FileNotFoundError(f"Image {image} (frame {i} of {path}) is missing.")
+            try:
+                with Image.open(image) as img:
+                    img.load()
+            except Exception as err:  # PIL raises many types for corrupt files
+                raise ValueError(f"Image {image} (frame {i} of {path}) is unreadable: {err}") from err
+
+
+def _check_box(bound: float) -> None:
+    if not bound > 0:
+        raise ValueError(f"Empty scene box: --pipeline.datamanager.dataparser.scene-bound must be > 0, got {bound}.")
+
+
+def _resolve(
+    data: Path, default: Path, fallback: bool, dynamic: bool, resolution: Optional[int], views: Optional[int]
+) -> Path:
+    if Path(data).exists():
+        return Path(data)
+    if fallback and Path(data) == default:
+        from ..scene import get_scene
+
+        kind = "dynamic" if dynamic else "static"
+        CONSOLE.print(
+            f"[bold yellow]nerfaccel: {default} not found - using the embedded {kind} scene "
+            f"(pass {_DATA_OPTION} PATH for your own data).[/bold yellow]"
+        )
+        return Path(get_scene(dynamic=dynamic, resolution=resolution, views=views))
+    raise FileNotFoundError(f"Data folder {data} does not exist (set it with {_DATA_OPTION} PATH).")
+
+
+def _split_with_fallback(folder: Path, split: str) -> str:
+    if (folder / f"transforms_{split}.json").is_file():
+        return split
+    for other in ("test", "val", "train"):
+        if (folder / f"transforms_{other}.json").is_file():
+            CONSOLE.print(f"nerfaccel: {folder / f'transforms_{split}.json'} missing - using the {other} split.")
+            return other
+    raise FileNotFoundError(f"No transforms file in {folder} (expected transforms_train.json).")
+
+
+def _generate(parser, base: type, split: str) -> DataparserOutputs:
+    """Resolves the data folder (fallback), validates it once, then runs Nerfstudio's parser ``base``."""
+    cfg = parser.config
+    _check_box(cfg.scene_bound)
+    folder = _resolve(
+        cfg.data, parser._default, cfg.embedded_fallback, parser._dynamic, cfg.embedded_resolution, cfg.embedded_views
+    )
+    if not getattr(parser, "_validated", False):
+        validate_blender_folder(folder, need_time=parser._dynamic)
+        parser._validated = True
+    parser.data = folder
+    cfg.data = folder
+    outputs = base._generate_dataparser_outputs(parser, split=_split_with_fallback(folder, split))
+    b = float(cfg.scene_bound)
+    outputs.scene_box = SceneBox(aabb=torch.tensor([[-b, -b, -b], [b, b, b]], dtype=torch.float32))
+    return outputs
+
+
+@dataclass
+class NerfaccelBlenderDataParserConfig(BlenderDataParserConfig):
+    """Nerfstudio's Blender dataparser, with checks and the embedded-scene fallback."""
+
+    _target: type = field(default_factory=lambda: NerfaccelBlenderDataParser)
+    data: Path = DEFAULT_BLENDER
+    """Blender-format folder. When this is the default and it does not exist, the embedded scene is used."""
+    alpha_color: Optional[str] = None
+    """Background composited into RGBA images at load time. ``None`` keeps the alpha channel so the model can
+    train on random backgrounds (instant-ngp's trick, see the model's ``background_color``)."""
+    scene_bound: float = 1.5
+    """Half-size of the scene box (cube ``[-b, b]^3``); the Blender scenes fit in 1.5."""
+    embedded_fallback: bool = True
+    """Use the embedded scene when ``data`` is the default path and does not exist."""
+    embedded_resolution: Optional[int] = None
+    """Image size of the embedded scene (``None``: the scene package's default)."""
+    embedded_views: Optional[int] = None
+    """Training views of the embedded scene (``None``: the scene package's default)."""
+
+    def __post_init__(self) -> None:
+        _check_box(self.scene_bound)
+        if Path(self.data) != DEFAULT_BLENDER or Path(self.data).exists():
+            validate_blender_folder(Path(self.data), need_time=False)
+
+
+class NerfaccelBlenderDataParser(BlenderDataParser):
+    """Blender dataparser that resolves the embedded-scene fallback and validates the folder."""
+
+    config: NerfaccelBlenderDataParserConfig
+    _dynamic = False
+    _default = DEFAULT_BLENDER
+
+    def _generate_dataparser_outputs(self, split: str = "train") -> DataparserOutputs:
+        return _generate(self, BlenderDataParser, split)
+
+
+@dataclass
+class NerfaccelDNeRFDataParserConfig(DNeRFDataParserConfig):
+    """Nerfstudio's D-NeRF dataparser, with checks and the embedded dynamic-scene fallback."""
+
+    _target: type = field(default_factory=lambda: NerfaccelDNeRFDataParser)
+    data: Path = DEFAULT_DNERF
+    """D-NeRF-format folder. When this is the default and it does not exist, the embedded dynamic scene is used."""
+    alpha_color: Optional[str] = None  # type: ignore[assignment]
+    """Background composited at load time; ``None`` keeps RGBA for random-background training."""
+    scene_bound: float = 1.5
+    """Half-size of the scene box (cube ``[-b, b]^3``)."""
+    embedded_fallback: bool = True
+    """Use the embedded dynamic scene when ``data`` is the default path and does not exist."""
+    embedded_resolution: Optional[int] = None
+    """Image size of the embedded scene (``None``: the scene package's default)."""
+    embedded_views: Optional[int] = None
+    """Training views of the embedded scene (``None``: the scene package's default)."""
+
+    def __post_init__(self) -> None:
+        _check_box(self.scene_bound)
+        if Path(self.data) != DEFAULT_DNERF or Path(self.data).exists():
+            validate_blender_folder(Path(self.data), need_time=True)
+
+
+class NerfaccelDNeRFDataParser(DNeRFDataParser):
+    """D-NeRF dataparser that resolves the embedded-scene fallback and validates the folder."""
+
+    config: NerfaccelDNeRFDataParserConfig
+    _dynamic = True
+    _default = DEFAULT_DNERF
+
+    def _generate_dataparser_outputs(self, split: str = "train") -> DataparserOutputs:
+        return _generate(self, DNeRFDataParser, split)

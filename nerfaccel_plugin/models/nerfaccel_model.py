@@ -1,0 +1,432 @@
+"""The nerfaccel Nerfstudio model: Nerfstudio fields, nerfaccel samplers and packed volume rendering.
+
+One model class serves all registered methods; the method configs pick the field (hash grid, vanilla MLP,
+time-conditioned hash grid), the sampler (occupancy grid or proposal networks) and the contraction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import torch
+from jaxtyping import Float
+from nerfstudio.cameras.rays import RayBundle, RaySamples
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
+from nerfstudio.field_components.encodings import NeRFEncoding
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.fields.density_fields import HashMLPDensityField
+from nerfstudio.fields.nerfacto_field import NerfactoField
+from nerfstudio.fields.vanilla_nerf_field import NeRFField
+from nerfstudio.models.base_model import Model, ModelConfig
+from nerfstudio.utils import colormaps
+from torch import Tensor
+from torch.nn import Parameter
+
+from .. import ns_compat
+from ..fields.contraction import AabbContraction
+from ..fields.dynamic_field import TimeHashField
+from ..samplers import OccupancyGridSampler, ProposalSampler
+from ..volrend import accumulate_along_rays, render_weight_from_density
+
+_COLORS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
+
+
+def _hash_implementation() -> Literal["tcnn", "torch"]:
+    """tiny-cuda-nn when it is installed and a GPU is present, torch otherwise (no warning spam)."""
+    if not torch.cuda.is_available():
+        return "torch"
+    try:
+        import tinycudann  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "tcnn"
+
+
+@dataclass
+class NerfaccelModelConfig(ModelConfig):
+    """Configuration of :class:`NerfaccelModel`. Every default is chosen for quality and speed (see each field)."""
+
+    _target: type = field(default_factory=lambda: NerfaccelModel)
+    enable_collider: bool = False
+    """Nerfstudio's near/far collider is not needed: the occupancy grid / proposal sampler bounds the rays."""
+    collider_params: Optional[dict[str, float]] = None
+    """Unused (no collider)."""
+    eval_num_rays_per_chunk: int = 8192
+    """Rays rendered at once when rendering whole images (eval, viewer, ns-render)."""
+
+    # --- what the model is made of ---------------------------------------------------------------------------
+    field_type: Literal["hash", "mlp", "time-hash"] = "hash"
+    """Radiance field: ``hash`` (Nerfstudio's NerfactoField, a multiresolution hash grid + small MLPs), ``mlp``
+    (Nerfstudio's NeRFField: the original 8-layer MLP with positional encoding) or ``time-hash`` (hash grid
+    conditioned on time, for dynamic scenes)."""
+    sampler: Literal["occupancy", "proposal"] = "occupancy"
+    """Where samples go: ``occupancy`` (occupancy-grid ray marching, empty space skipped) or ``proposal``
+    (proposal networks, mip-NeRF 360)."""
+    contraction: Literal["none", "l2", "linf"] = "none"
+    """Scene contraction of field inputs: ``none`` (bounded scenes; points outside the box are empty), ``linf``
+    (cube, instant-ngp style) or ``l2`` (sphere, mip-NeRF 360)."""
+
+    # --- occupancy-grid sampling ------------------------------------------------------------------------------
+    grid_resolution: int = 128
+    """Occupancy-grid cells per axis (per level)."""
+    grid_levels: int = 1
+    """Nested occupancy-grid levels, each twice as large as the previous; >1 reaches into contracted space."""
+    render_step_size: Optional[float] = None
+    """Marching step; ``None`` derives it from the scene box: its diagonal divided by ``samples_per_diagonal``."""
+    samples_per_diagonal: int = 1000
+    """Steps across the scene box's diagonal when ``render_step_size`` is ``None`` (the CPU configs use 256)."""
+    cone_angle: float = 0.0
+    """Step growth with distance (0 for synthetic objects, 1/256 for real captures)."""
+    alpha_thre: float = 0.01
+    """Skip samples with opacity below this while training (capped by the grid's mean occupancy early on)."""
+    early_stop_eps: float = 1e-4
+    """Stop marching a ray once its transmittance falls below this (training)."""
+    near_plane: float = 0.0
+    """Where marching starts along each ray (occupancy sampler)."""
+    far_plane: float = 1e10
+    """Where marching stops (occupancy sampler); the grid bounds it anyway."""
+    occ_update_every: int = 16
+    """Occupancy-grid update period in steps."""
+    occ_warmup_steps: int = 256
+    """Until this step every grid cell is re-evaluated at each update (then a random quarter + occupied cells)."""
+    occ_thre: float = 0.01
+    """A cell is occupied when its occupancy (density x step) exceeds min(this, mean occupancy)."""
+    occ_ema_decay: float = 0.95
+    """Decay of a cell's previous occupancy at each update."""
+    occ_time_samples: int = 2
+    """Time-conditioned fields only: random times per grid update (max occupancy kept) so the grid covers the
+    whole sequence."""
+
+    # --- proposal sampling ------------------------------------------------------------------------------------
+    num_proposal_samples: tuple[int, ...] = (256, 96)
+    """Samples per ray at each proposal stage."""
+    num_samples: int = 48
+    """Final samples per ray (proposal sampler)."""
+    proposal_near_plane: float = 0.2
+    """Near distance of proposal sampling."""
+    proposal_far_plane: float = 1e3
+    """Far distance of proposal sampling (contracted space reaches to infinity)."""
+    proposal_sampling_type: Literal["uniform", "lindisp"] = "lindisp"
+    """Initial proposal spacing: ``lindisp`` (uniform in disparity, unbounded scenes) or ``uniform``."""
+    proposal_hash_levels: int = 5
+    """Hash-grid levels of each proposal network."""
+    proposal_max_res: tuple[int, ...] = (128, 256)
+    """Finest hash-grid resolution of each proposal network."""
+    proposal_log2_hashmap_size: int = 17
+    """log2 hash-table size of the proposal networks."""
+    proposal_requires_grad_target: float = 5.0
+    """Eventually the proposal networks get a gradient every this many steps."""
+    proposal_requires_grad_steps: int = 1000
+    """Steps over which that gap grows from 1."""
+    interlevel_loss_mult: float = 1.0
+    """Weight of the proposal (interlevel) loss."""
+    distortion_loss_mult: float = 0.0
+    """Weight of the mip-NeRF 360 distortion loss (0 disables it)."""
+
+    # --- hash-grid field ----------------------------------------------------------------------------------------
+    num_levels: int = 16
+    """Hash-grid levels."""
+    base_res: int = 16
+    """Coarsest hash-grid resolution."""
+    max_res: int = 2048
+    """Finest hash-grid resolution."""
+    log2_hashmap_size: int = 19
+    """log2 of the hash-table size per level."""
+    features_per_level: int = 2
+    """Features per hash-grid level."""
+    hidden_dim: int = 64
+    """Width of the density MLP."""
+    geo_feat_dim: int = 15
+    """Geometry features passed from the density MLP to the colour MLP."""
+    hidden_dim_color: int = 64
+    """Width of the colour MLP."""
+    num_layers_color: int = 3
+    """Layers of the colour MLP."""
+    appearance_embedding_dim: int = 0
+    """Per-image appearance embedding (0 disables; useful for real captures with exposure changes)."""
+    time_frequencies: int = 6
+    """Frequencies of the time encoding (``time-hash`` field)."""
+
+    # --- vanilla MLP field ------------------------------------------------------------------------------------
+    mlp_num_layers: int = 8
+    """Layers of the vanilla NeRF trunk."""
+    mlp_layer_width: int = 256
+    """Width of the vanilla NeRF trunk."""
+    mlp_position_frequencies: int = 10
+    """Positional-encoding frequencies of positions (vanilla NeRF)."""
+    mlp_direction_frequencies: int = 4
+    """Positional-encoding frequencies of directions (vanilla NeRF)."""
+
+    # --- rendering and losses ---------------------------------------------------------------------------------
+    background_color: Literal["random", "white", "black"] = "random"
+    """Background behind RGBA training images: ``random`` draws one colour per ray and step, so the field cannot
+    bake a background into the object (instant-ngp's trick); the target image is composited on the same colour."""
+    eval_background_color: Literal["white", "black"] = "white"
+    """Background used for evaluation, rendering and the viewer (and for RGBA ground truth in metrics)."""
+    compute_lpips: bool = True
+    """Report LPIPS in eval when its weights are already on disk (never downloaded)."""
+
+
+class NerfaccelModel(Model):
+    """Nerfstudio model running on nerfaccel's samplers and packed volume rendering.
+
+    Args:
+        config: The model configuration.
+    """
+
+    config: NerfaccelModelConfig
+
+    def populate_modules(self) -> None:
+        """Builds the field, the sampler and the metrics."""
+        super().populate_modules()
+        cfg = self.config
+        aabb = self.scene_box.aabb.detach().float()
+        extent = aabb[1] - aabb[0]
+        if not bool((extent > 0).all()) or not bool(torch.isfinite(aabb).all()):
+            raise ValueError(f"Empty or invalid scene box {aabb.tolist()}: check the dataparser's scene box options.")
+        impl = _hash_implementation()
+        contraction = None if cfg.contraction == "none" else AabbContraction(aabb, order=cfg.contraction)
+
+        if cfg.field_type == "hash":
+            self.field = NerfactoField(
+                aabb=aabb,
+                num_images=self.num_train_data,
+                num_layers=2,
+                hidden_dim=cfg.hidden_dim,
+                geo_feat_dim=cfg.geo_feat_dim,
+                num_levels=cfg.num_levels,
+                base_res=cfg.base_res,
+                max_res=cfg.max_res,
+                log2_hashmap_size=cfg.log2_hashmap_size,
+                features_per_level=cfg.features_per_level,
+                num_layers_color=cfg.num_layers_color,
+                hidden_dim_color=cfg.hidden_dim_color,
+                appearance_embedding_dim=cfg.appearance_embedding_dim,
+                spatial_distortion=contraction,
+                implementation=impl,
+            )
+        elif cfg.field_type == "mlp":
+            self.field = NeRFField(
+                position_encoding=NeRFEncoding(
+                    in_dim=3,
+                    num_frequencies=cfg.mlp_position_frequencies,
+                    min_freq_exp=0.0,
+                    max_freq_exp=cfg.mlp_position_frequencies - 1.0,
+                    include_input=True,
+                ),
+                direction_encoding=NeRFEncoding(
+                    in_dim=3,
+                    num_frequencies=cfg.mlp_direction_frequencies,
+                    min_freq_exp=0.0,
+                    max_freq_exp=cfg.mlp_direction_frequencies - 1.0,
+                    include_input=True,
+                ),
+                base_mlp_num_layers=cfg.mlp_num_layers,
+                base_mlp_layer_width=cfg.mlp_layer_width,
+                head_mlp_layer_width=max(cfg.mlp_layer_width // 2, 8),
+                skip_connections=(cfg.mlp_num_layers // 2,) if cfg.mlp_num_layers > 2 else (),
+                spatial_distortion=contraction,
+            )
+        elif cfg.field_type == "time-hash":
+            if contraction is not None:
+                raise ValueError("field_type='time-hash' supports contraction='none' only.")
+            self.field = TimeHashField(
+                aabb=aabb,
+                num_levels=cfg.num_levels,
+                base_res=cfg.base_res,
+                max_res=cfg.max_res,
+                log2_hashmap_size=cfg.log2_hashmap_size,
+                features_per_level=cfg.features_per_level,
+                time_frequencies=cfg.time_frequencies,
+                hidden_dim=cfg.hidden_dim,
+                geo_feat_dim=cfg.geo_feat_dim,
+                hidden_dim_color=cfg.hidden_dim_color,
+                num_layers_color=cfg.num_layers_color,
+                implementation=impl,
+            )
+        else:
+            raise ValueError(f"Unknown field_type {cfg.field_type!r}.")
+
+        if cfg.sampler == "occupancy":
+            step = cfg.render_step_size
+            if step is None:
+                step = float(torch.linalg.norm(extent).item()) / cfg.samples_per_diagonal
+            if not step > 0:
+                raise ValueError(f"--pipeline.model.render-step-size must be > 0, got {step}.")
+            self.sampler = OccupancyGridSampler(
+                aabb.reshape(-1),
+                density_fn=self.field.density_fn,
+                resolution=cfg.grid_resolution,
+                levels=cfg.grid_levels,
+                render_step_size=step,
+                near_plane=cfg.near_plane,
+                far_plane=cfg.far_plane,
+                alpha_thre=cfg.alpha_thre,
+                early_stop_eps=cfg.early_stop_eps,
+                cone_angle=cfg.cone_angle,
+                occ_thre=cfg.occ_thre,
+                ema_decay=cfg.occ_ema_decay,
+                update_every=cfg.occ_update_every,
+                warmup_steps=cfg.occ_warmup_steps,
+                time_samples=cfg.occ_time_samples if cfg.field_type == "time-hash" else 0,
+            )
+        elif cfg.sampler == "proposal":
+            if len(cfg.proposal_max_res) != len(cfg.num_proposal_samples):
+                raise ValueError("--pipeline.model.proposal-max-res needs one value per proposal stage.")
+            nets = [
+                HashMLPDensityField(
+                    aabb,
+                    spatial_distortion=contraction,
+                    num_levels=cfg.proposal_hash_levels,
+                    max_res=res,
+                    log2_hashmap_size=cfg.proposal_log2_hashmap_size,
+                    hidden_dim=16,
+                    use_linear=False,
+                    implementation=impl,
+                )
+                for res in cfg.proposal_max_res
+            ]
+            self.sampler = ProposalSampler(
+                nets,
+                num_proposal_samples=cfg.num_proposal_samples,
+                num_samples=cfg.num_samples,
+                near_plane=cfg.proposal_near_plane,
+                far_plane=cfg.proposal_far_plane,
+                sampling_type=cfg.proposal_sampling_type,
+                requires_grad_target=cfg.proposal_requires_grad_target,
+                requires_grad_steps=cfg.proposal_requires_grad_steps,
+            )
+        else:
+            raise ValueError(f"Unknown sampler {cfg.sampler!r}.")
+
+        from torchmetrics.functional import structural_similarity_index_measure
+        from torchmetrics.image import PeakSignalNoiseRatio
+
+        self.psnr = PeakSignalNoiseRatio(data_range=1.0)
+        self.ssim = structural_similarity_index_measure
+        self.lpips = ns_compat.make_lpips() if cfg.compute_lpips else None
+
+    @property
+    def occupancy_grid(self):
+        """The :class:`~nerfaccel_plugin.OccGridEstimator` (occupancy sampler only)."""
+        return getattr(self.sampler, "occupancy_grid", None)
+
+    def get_training_callbacks(self, attrs: TrainingCallbackAttributes) -> list[TrainingCallback]:
+        """The sampler's callbacks: the grid update, or the proposal-gradient schedule."""
+        return self.sampler.get_training_callbacks()
+
+    def get_param_groups(self) -> dict[str, list[Parameter]]:
+        """``fields`` (the radiance field) and, with the proposal sampler, ``proposal_networks``."""
+        groups = {"fields": list(self.field.parameters())}
+        if isinstance(self.sampler, ProposalSampler):
+            groups["proposal_networks"] = list(self.sampler.proposal_networks.parameters())
+        return groups
+
+    def _background(self, n: int, device: torch.device) -> Float[Tensor, "n 3"]:
+        if self.training and self.config.background_color == "random":
+            return torch.rand(n, 3, device=device)
+        name = self.config.background_color if self.training else self.config.eval_background_color
+        return torch.tensor(_COLORS[name], device=device).expand(n, 3)
+
+    def get_outputs(self, ray_bundle: RayBundle) -> dict[str, Tensor]:
+        """Renders a ``(n_rays,)`` ray bundle: ``rgb``, ``accumulation``, ``depth`` and sample statistics."""
+        n_rays = ray_bundle.origins.reshape(-1, 3).shape[0]
+        device = ray_bundle.origins.device
+        background = self._background(n_rays, device)
+        if isinstance(self.sampler, OccupancyGridSampler):
+            ray_samples, ray_indices = self.sampler(ray_bundle)
+            fo = self.field(ray_samples)
+            t_starts = ray_samples.frustums.starts[:, 0]
+            t_ends = ray_samples.frustums.ends[:, 0]
+            weights, _, _ = render_weight_from_density(
+                t_starts, t_ends, fo[FieldHeadNames.DENSITY][:, 0], ray_indices=ray_indices, n_rays=n_rays
+            )
+            rgb = accumulate_along_rays(weights, fo[FieldHeadNames.RGB], ray_indices=ray_indices, n_rays=n_rays)
+            acc = accumulate_along_rays(weights, None, ray_indices=ray_indices, n_rays=n_rays)
+            depth = accumulate_along_rays(
+                weights, ((t_starts + t_ends) * 0.5)[:, None], ray_indices=ray_indices, n_rays=n_rays
+            )
+            num_samples = torch.bincount(ray_indices, minlength=n_rays)
+            outputs: dict[str, Tensor] = {}
+        else:
+            ray_samples = self.sampler(ray_bundle)
+            fo = self.field(ray_samples)
+            t_starts = ray_samples.frustums.starts[..., 0]
+            t_ends = ray_samples.frustums.ends[..., 0]
+            weights, trans, _ = render_weight_from_density(t_starts, t_ends, fo[FieldHeadNames.DENSITY][..., 0])
+            rgb = (weights[..., None] * fo[FieldHeadNames.RGB]).sum(dim=-2)
+            acc = weights.sum(dim=-1, keepdim=True)
+            depth = (weights * (t_starts + t_ends) * 0.5).sum(dim=-1, keepdim=True)
+            num_samples = torch.full((n_rays,), t_starts.shape[-1], dtype=torch.long, device=device)
+            outputs = {"trans": trans, "weights": weights, "t_starts": t_starts, "t_ends": t_ends}
+        rgb = rgb + background * (1.0 - acc)
+        depth = depth / acc.clamp(min=1e-10)
+        outputs.update(
+            {
+                "rgb": rgb,
+                "accumulation": acc,
+                "depth": depth,
+                "num_samples_per_ray": num_samples,
+            }
+        )
+        if self.training:
+            outputs["background"] = background
+        return outputs
+
+    def _gt(self, image: Tensor, background: Optional[Tensor]) -> Float[Tensor, "*bs 3"]:
+        """Ground-truth RGB; RGBA images are composited on ``background`` (or the eval background)."""
+        if image.shape[-1] < 4:
+            return image[..., :3]
+        if background is None:
+            background = torch.tensor(_COLORS[self.config.eval_background_color], device=image.device)
+        alpha = image[..., 3:4]
+        return image[..., :3] * alpha + background.to(image) * (1.0 - alpha)
+
+    def get_metrics_dict(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Training PSNR and the number of samples of the batch (drives the dynamic ray count)."""
+        image = self._gt(batch["image"].to(self.device), outputs.get("background"))
+        return {
+            "psnr": self.psnr(outputs["rgb"].detach(), image),
+            "num_samples_per_batch": outputs["num_samples_per_ray"].sum(),
+        }
+
+    def get_loss_dict(
+        self, outputs: dict[str, Tensor], batch: dict[str, Tensor], metrics_dict: Optional[dict] = None
+    ) -> dict[str, Tensor]:
+        """Photometric MSE (on the same background as the render), plus proposal / distortion losses."""
+        image = self._gt(batch["image"].to(self.device), outputs.get("background"))
+        losses = {"rgb_loss": torch.nn.functional.mse_loss(outputs["rgb"], image)}
+        if self.training and isinstance(self.sampler, ProposalSampler):
+            losses["interlevel_loss"] = self.config.interlevel_loss_mult * self.sampler.loss(outputs["trans"].detach())
+            if self.config.distortion_loss_mult > 0:
+                from ..losses import distortion
+
+                losses["distortion_loss"] = (
+                    self.config.distortion_loss_mult
+                    * distortion(outputs["weights"], outputs["t_starts"], outputs["t_ends"]).mean()
+                )
+        return losses
+
+    def get_image_metrics_and_images(
+        self, outputs: dict[str, Tensor], batch: dict[str, Tensor]
+    ) -> tuple[dict[str, float], dict[str, Tensor]]:
+        """PSNR, SSIM (and LPIPS when available offline) of a full image, plus comparison images."""
+        image = self._gt(batch["image"].to(self.device), None)
+        rgb = outputs["rgb"]
+        acc = colormaps.apply_colormap(outputs["accumulation"])
+        depth = colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"])
+        gt = torch.moveaxis(image, -1, 0)[None]
+        pred = torch.moveaxis(rgb, -1, 0)[None].clamp(0, 1)
+        metrics = {"psnr": float(self.psnr(pred, gt).item()), "ssim": float(self.ssim(pred, gt))}
+        if self.lpips is not None:
+            metrics["lpips"] = float(self.lpips(gt, pred))
+        images = {"img": torch.cat([image, rgb], dim=1), "accumulation": acc, "depth": depth}
+        return metrics, images
+
+    def forward(self, ray_bundle: RayBundle) -> dict[str, Tensor]:  # type: ignore[override]
+        """Runs the model on a ray bundle (no collider: the samplers bound the rays)."""
+        return self.get_outputs(ray_bundle)
+
+
+__all__ = ["NerfaccelModel", "NerfaccelModelConfig", "RaySamples"]
