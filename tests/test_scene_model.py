@@ -228,3 +228,36 @@ def test_binned_ray_casting_matches_brute_force(scene: BrickScene, kind: str) ->
     assert torch.equal(p_fast >= 0, p_ref >= 0)
     assert torch.allclose(t_fast[p_ref >= 0], t_ref[p_ref >= 0], atol=1e-9)
     assert torch.allclose(n_fast, n_ref, atol=1e-9)
+
+
+def test_binned_occupancy_matches_sphere_candidates(dyn: BrickScene) -> None:
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(60000, 3, generator=g, dtype=torch.float64) - 0.5) * 2.6
+    for t in (0.0, 0.4):
+        flat = dyn.at(t)
+        binned = flat.occupancy(x)
+        assert 0.005 < binned.double().mean().item() < 0.3
+        assert torch.equal(binned, flat.occupancy(x, binned=False))
+
+
+def test_occupancy_grid(scene: BrickScene, dyn: BrickScene) -> None:
+    res = 24
+    grid = scene.occupancy_grid(res, samples=2)
+    assert grid.shape == (res, res, res) and float(grid.min()) >= 0 and float(grid.max()) == 1.0
+    box = scene.aabb.double()
+    size = (box[3:] - box[:3]) / res
+    # cells are indexed [x, y, z]: the centre of a full cell is inside the model, an empty one's is not
+    full = torch.nonzero(grid == 1.0)
+    empty = torch.nonzero(grid == 0.0)
+    assert len(full) > 0 and len(empty) > 0
+    centres_full = box[:3] + (full.double() + 0.5) * size
+    assert scene.occupancy(centres_full).double().mean().item() > 0.97  # (a centre may fall in a seam)
+    centres_empty = box[:3] + (empty.double() + 0.5) * size
+    assert scene.occupancy(centres_empty).double().mean().item() < 0.02
+    # the base plate fills the bottom layer of cells
+    assert (grid[1:-1, 1:-1, 0] > 0).all()
+    # the dynamic grid over several times covers each time's grid
+    times = [0.0, 0.25, 0.5]
+    union = dyn.occupancy_grid(res, times=times)
+    for t in times:
+        assert bool((union >= dyn.occupancy_grid(res, times=[t])).all())

@@ -380,11 +380,16 @@ class FlatScene:
         d2 = (x**2).sum(-1, keepdim=True) - 2 * x @ self._center32.T + self._c2_32[None]
         return torch.nonzero(d2 <= self._r32[None] ** 2, as_tuple=True)
 
-    def occupancy(self, x: Tensor, chunk: int = 16384) -> Tensor:
+    def occupancy(self, x: Tensor, chunk: int = 1 << 16, binned: bool = True) -> Tensor:
+        """Inside test for ``(n, 3)`` float64 points. Candidates come from binning the primitives' xy
+        footprints (``binned``) or from the bounding-sphere test; the final test is exact either way."""
         out = torch.zeros(x.shape[0], dtype=torch.bool)
-        for s in range(0, x.shape[0], chunk):
-            xs = x[s : s + chunk]
-            pi_, ki = self.candidates_points(xs)
+        if binned:
+            cxy = self.corners()[:, :2].reshape(-1, 8, 2)
+            lo, hi = cxy.min(1).values, cxy.max(1).values
+        for s in range(0, x.shape[0], chunk if binned else 16384):
+            xs = x[s : s + (chunk if binned else 16384)]
+            pi_, ki = _pairs_2d(xs[:, :2], lo, hi) if binned else self.candidates_points(xs)
             if pi_.numel() == 0:
                 continue
             q = torch.einsum("nji,nj->ni", self.rot[ki], xs[pi_] - self.center[ki])
@@ -392,7 +397,7 @@ class FlatScene:
             in_box = (q.abs() <= h).all(-1)
             in_cyl = (q[:, 0] ** 2 + q[:, 1] ** 2 <= h[:, 0] ** 2) & (q[:, 2].abs() <= h[:, 2])
             inside = torch.where(self.kind[ki] == BOX, in_box, in_cyl)
-            out[s : s + chunk].index_fill_(0, pi_[inside], True)
+            out[s : s + xs.shape[0]].index_fill_(0, pi_[inside], True)
         return out
 
     def cast(self, o: Tensor, d: Tensor, t_min: float = 0.0, chunk: int = 8192) -> tuple[Tensor, Tensor, Tensor]:
@@ -452,17 +457,29 @@ class FlatScene:
         xy = pc[..., :2] / z.clamp_min(1e-6)[..., None]
         lo = torch.where(front[:, None], xy.min(1).values, torch.full_like(xy[:, 0], -math.inf))
         hi = torch.where(front[:, None], xy.max(1).values, torch.full_like(xy[:, 0], math.inf))
-        ri, ki = _pairs_2d(cam_dirs[:, :2], lo, hi)
         o = origin.expand_as(d)
-        t, n, p = self.intersect_pairs(o, d, ri, ki, t_min)
+        t, n, p = self._binned(o, d, cam_dirs[:, :2], lo, hi, t_min)
         return t, n, p, d
+
+    def _binned(
+        self, o: Tensor, d: Tensor, key: Tensor, lo: Tensor, hi: Tensor, t_min: float, chunk: int = 1 << 16
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Nearest hits, pairing each ray (2D ``key``) with the primitives whose 2D box ``[lo, hi]`` covers it."""
+        outs = []
+        for s in range(0, o.shape[0], chunk):
+            ri, ki = _pairs_2d(key[s : s + chunk], lo, hi)
+            outs.append(self.intersect_pairs(o[s : s + chunk], d[s : s + chunk], ri, ki, t_min))
+        if len(outs) == 1:
+            return outs[0]
+        return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))  # type: ignore[return-value]
 
     def cast_parallel(self, points: Tensor, direction: Tensor, t_min: float) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`cast` for rays that share one unit ``direction``, binned in the plane across it."""
         basis = _frame_from_back(direction)[:, :2]  # [3, 2], both axes orthogonal to the direction
         cp = (self.corners() @ basis).reshape(-1, 8, 2)
-        ri, ki = _pairs_2d(points @ basis, cp.min(1).values, cp.max(1).values)
-        return self.intersect_pairs(points, direction.expand_as(points), ri, ki, t_min)
+        return self._binned(
+            points, direction.expand_as(points), points @ basis, cp.min(1).values, cp.max(1).values, t_min
+        )
 
     def cast_directional(self, points: Tensor, direction: Tensor, t_min: float) -> Tensor:
         """Whether rays from ``points`` along the unit ``direction`` hit anything beyond ``t_min`` (bool ``(n,)``)."""
@@ -677,6 +694,42 @@ class BrickScene:
         shape = x.shape[:-1]
         occ = self.at(time).occupancy(x.reshape(-1, 3)).reshape(shape)
         return occ.to(points.device) if is_tensor else occ.numpy()
+
+    @_single_threaded
+    def occupancy_grid(
+        self,
+        resolution: int = 128,
+        aabb: Float[Tensor, "6"] | None = None,
+        times: tuple[float, ...] | list[float] = (0.0,),
+        samples: int = 2,
+    ) -> Float[Tensor, "r r r"]:
+        """Fraction of each grid cell's sample points that lie inside the model (union over ``times``).
+
+        Cells are indexed ``[x, y, z]`` like nerfacc's occupancy grids (``aabb`` split into
+        ``resolution^3`` cells). Each cell is probed at ``samples^3`` stratified points, so a value of 0
+        means "probably empty" and values near 1 mean solid; threshold it to taste (e.g. ``> 0``).
+
+        Args:
+            resolution: Cells per axis.
+            aabb: ``(6,)`` box ``{xmin, ymin, zmin, xmax, ymax, zmax}``; default :attr:`aabb`.
+            times: Times whose occupancy is merged (ignored for the static scene).
+            samples: Probe points per cell along each axis.
+
+        Returns:
+            ``(resolution, resolution, resolution)`` float32 tensor in ``[0, 1]``.
+        """
+        box = (self.aabb if aabb is None else torch.as_tensor(aabb)).detach().cpu().double().reshape(6)
+        r, k = int(resolution), int(samples)
+        fine = r * k
+        axes = [
+            box[i] + (torch.arange(fine, dtype=torch.float64) + 0.5) / fine * (box[i + 3] - box[i]) for i in range(3)
+        ]
+        pts = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+        occ = torch.zeros(pts.shape[0], dtype=torch.bool)
+        for t in times if self.dynamic else (0.0,):
+            occ |= self.at(float(t)).occupancy(pts)
+        grid = occ.reshape(r, k, r, k, r, k).float().mean(dim=(1, 3, 5))
+        return grid
 
     @_single_threaded
     def cast_rays(
