@@ -271,15 +271,10 @@ def test_scan_packed_half_precision_upcasts(name, op, exclusive, half):
     close(out, ref_scan(x.double().tolist(), chunks(info), 5, op, exclusive))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: batched scans (no packed_info/indices) skip the float16/bfloat16 -> float32 upcast that the "
-    "scan docstrings promise ('float16/bfloat16 inputs give float32'); scan.py returns torch.cumsum/cumprod "
-    "of the raw half-precision input.",
-)
 @pytest.mark.parametrize("name,op,exclusive", SCANS)
 @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
 def test_scan_batched_half_precision_upcasts(name, op, exclusive, half):
+    """The scan docstrings promise float32 results for float16/bfloat16 inputs, batched too (was a bug)."""
     # 40 samples of 1.5: the float32 sums/products are exact, float16 sums lose digits past 2048 / overflow.
     x = torch.full((2, 40), 1.5, dtype=half)
     out = getattr(nacc, name)(x)
@@ -288,22 +283,20 @@ def test_scan_batched_half_precision_upcasts(name, op, exclusive, half):
     close(out, ref, rtol=1e-5, atol=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (layout inconsistency): with float16 inputs accumulate_along_rays and distortion return float32 "
-    "for flattened inputs but float16 for batched inputs (the batched branches skip compute_dtype).",
-)
 def test_half_precision_output_dtype_same_for_batched_and_packed():
+    """Half-precision inputs give the same output dtype in both layouts (batched used to stay float16)."""
     w = torch.full((2, 3), 0.25, dtype=torch.float16)
     t0 = torch.tensor([[0.0, 1.0, 2.0], [0.0, 1.0, 2.0]], dtype=torch.float16)
     t1 = t0 + 0.5
     ids = torch.tensor([0, 0, 0, 1, 1, 1])
     packed = nacc.accumulate_along_rays(w.reshape(-1), None, ids, 2)
     batched = nacc.accumulate_along_rays(w)
-    assert batched.dtype == packed.dtype
+    assert batched.dtype == packed.dtype == torch.float32
+    torch.testing.assert_close(batched, packed)
     packed = nacc.distortion(w.reshape(-1), t0.reshape(-1), t1.reshape(-1), ids, 2)
     batched = nacc.distortion(w, t0, t1)
-    assert batched.dtype == packed.dtype
+    assert batched.dtype == packed.dtype == torch.float32
+    torch.testing.assert_close(batched, packed)
 
 
 # ---------------------------------------------------------------------------------------------
