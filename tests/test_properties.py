@@ -873,6 +873,13 @@ def test_importance_sampling_int_vs_tensor(n_rays, n_edges, n, seed):
     close(s_b.vals, [x for r in s_ref for x in r], rtol=1e-9, atol=1e-9)
     close(iv_b.vals, [x for r in e_ref for x in r], rtol=1e-9, atol=1e-9)
     check_sampling_invariants(t.reshape(-1).tolist(), chunks(info), [n] * n_rays, s_b.vals.tolist(), iv_b.vals.tolist())
+    # float32: the same invariants hold exactly (no sample or edge leaves the ray's float32 range).
+    t32 = t.float()
+    iv_f, s_f = nacc.importance_sampling(nacc.RayIntervals(vals=t32), cdfs.float(), n, stratified=seed % 2 == 1)
+    assert s_f.vals.dtype == torch.float32
+    check_sampling_invariants(
+        t32.reshape(-1).tolist(), chunks(info), [n] * n_rays, s_f.vals.tolist(), iv_f.vals.tolist()
+    )
     iv_s, s_s = nacc.importance_sampling(nacc.RayIntervals(vals=t), cdfs, n, stratified=True)
     check_sampling_invariants(t.reshape(-1).tolist(), chunks(info), [n] * n_rays, s_s.vals.tolist(), iv_s.vals.tolist())
 
