@@ -4,7 +4,9 @@ This module is the source of truth for the semantics of nerfaccel's primitive op
 kernels (``cuda/``) implement the same functions, with the same names, arguments and outputs, and
 are tested against these references. The functions here are written to be simple and obviously
 right, but vectorized: there is no Python loop over rays or samples (the only loops run over
-``log2(max samples per ray)`` scan steps or over memory-bounded chunks of rays).
+``log2(max samples per ray)`` scan steps, grid levels, or memory-bounded chunks of rays in the
+traversal). ``_searchsorted`` and ``_importance_sampling`` build a dense ``[n_rays, max count]``
+table, so one very long ray among many costs ``n_rays * max count`` memory here (not in the kernels).
 
 Conventions shared by all primitives:
 

@@ -61,7 +61,7 @@ def render_transmittance_from_alpha(
     n_rays: Optional[int] = None,
     prefix_trans: Optional[Float[Tensor, "..."]] = None,
 ) -> Float[Tensor, "..."]:
-    """Transmittance ``T_i = prod_{j<i} (1 - alpha_i)`` from opacities.
+    """Transmittance ``T_i = prod_{j<i} (1 - alpha_j)`` from opacities.
 
     Args:
         alphas: Opacities, ``(all_samples,)`` or ``(n_rays, n_samples)``.
