@@ -5,13 +5,13 @@ The model
     with a door, glazed windows, an overhanging thin grey roof plate, a chimney, a very thin antenna
     and a windmill rotor; a tree, flowers, a thin fence (posts and rails with gaps), a yellow crane
     with a thin boom and hanging hook, and a blue car with wheels. Every brick carries studs where its
-    top is exposed. It is built from ~330 boxes and capped cylinders (see :mod:`.model`).
+    top is exposed. It is built from 320 boxes and capped cylinders (see :mod:`.model`).
 
 Scale and frame (same as the NeRF-synthetic "lego" scene)
     World units, +z up; one stud pitch is 0.125, a brick is 0.15 tall. The model lies inside
-    ``BrickScene().aabb`` = about ``[-1.02, -0.77, -0.62] .. [1.11, 0.82, 0.63]`` (padded by 0.02; the
-    dynamic variant's box covers all times), well inside Nerfstudio's Blender scene box
-    ``[-1.5, 1.5]^3``.
+    ``BrickScene().aabb`` = ``[-1.02, -0.77, -0.62] .. [1.206, 0.77, 0.624]`` (padded by 0.02; the
+    dynamic variant's box, ``.. [1.251, 0.77, 0.631]``, covers all times), well inside Nerfstudio's
+    Blender scene box ``[-1.5, 1.5]^3``.
 
 Cameras and files (NeRF-synthetic / Blender conventions)
     ``camera_angle_x = 0.6911112070083618`` (as lego), square images, principal point at the centre.
@@ -42,7 +42,9 @@ Use
     anywhere. Ground truth: ``BrickScene(seed, dynamic)`` has ``.occupancy(points, time)`` (exact
     inside test), ``.aabb`` (``(6,)`` ``{xmin, ymin, zmin, xmax, ymax, zmax}``), ``.render(c2w, width,
     height, focal, time)`` (exact ``rgb``, ``alpha``, ray ``depth``, ``z_depth``, ``normal``) and
-    ``.cast_rays(origins, directions, time)``.
+    ``.cast_rays(origins, directions, time)`` and ``.occupancy_grid(resolution, aabb, times)`` (inside
+    fraction per cell, indexed ``[x, y, z]`` like nerfacc's grids). All of it is deterministic: the
+    model does not depend on the seed, and the seed fixes the train / val cameras.
 """
 
 from .cache import cache_root, ensure_scene, get_scene, scene_name

@@ -307,10 +307,10 @@ def _crane_arm() -> list[Primitive]:
     """The crane arm in its own frame (pivot at the origin on top of the tower)."""
     prims = [
         _cyl((0.0, 0.0, 0.02), 0.1, 0.04, "darkgray"),
-        _box((-0.15, -0.03, 0.04), (0.55, 0.03, 0.07), "yellow"),  # thin long boom
+        _box((-0.15, -0.03, 0.04), (0.48, 0.03, 0.07), "yellow"),  # thin long boom
         _box((-0.2, -0.06, 0.07), (-0.06, 0.06, 0.16), "darkgray"),  # counterweight
-        _cyl((0.5, 0.0, -0.06), 0.006, 0.2, "black"),  # cable
-        _box((0.47, -0.03, -0.2), (0.53, 0.03, -0.16), "red"),  # hook block
+        _cyl((0.43, 0.0, -0.06), 0.006, 0.2, "black"),  # cable
+        _box((0.40, -0.03, -0.2), (0.46, 0.03, -0.16), "red"),  # hook block
     ]
     return prims
 
@@ -341,7 +341,8 @@ def build_parts(dynamic: bool) -> list[Part]:
     parts.append(Part("rotor", _rotor(), rotor_pose, moving=dynamic))
 
     def crane_pose(t: float) -> Pose:
-        a = (0.9 * math.sin(2 * math.pi * t) if dynamic else 0.0) + math.pi / 2 + 0.4
+        # swings over the fence and the road (never into the tree or the car)
+        a = (0.8 * math.sin(2 * math.pi * t) if dynamic else 0.0) - 0.5
         lift = 0.12 * (1 - math.cos(2 * math.pi * t)) / 2 if dynamic else 0.0
         return rot_z(a), np.array([_gx(14), _gy(8), tower_top + lift])
 
