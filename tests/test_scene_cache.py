@@ -208,3 +208,15 @@ def test_console_script_is_declared() -> None:
     eps = [ep for ep in entry_points(group="console_scripts") if ep.name == "nerfaccel-scene"]
     assert len(eps) == 1 and eps[0].value == "nerfaccel_plugin.scene.cli:main"
     assert eps[0].load() is cli.main
+
+
+def test_unwritable_cache_falls_back_to_temp(tmp_path: Path, monkeypatch, capsys) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache folder should go")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    monkeypatch.setattr(cache_mod.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    path = get_scene(**SMALL)
+    assert path.parent == tmp_path / "tmp" / f"nerfaccel-scenes-{os.getuid()}"
+    assert check_complete(path, SceneSpec(**SMALL))
+    err = capsys.readouterr().err
+    assert "not writable" in err and GENERATING in err

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -54,6 +55,13 @@ def _locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _user_tag() -> str:
+    try:
+        return str(os.getuid())
+    except AttributeError:  # pragma: no cover - not on POSIX
+        return os.environ.get("USERNAME", "user")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -104,7 +112,18 @@ def ensure_scene(
     final = root / name
     if check_complete(final, spec):
         return final
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:  # read-only or broken cache location: fall back to the temp folder
+        fallback = Path(tempfile.gettempdir()) / f"nerfaccel-scenes-{_user_tag()}"
+        if announce is not None:
+            announce(f"Cache folder {root} is not writable ({err.__class__.__name__}); using {fallback}")
+        if fallback == root:
+            raise
+        return ensure_scene(spec, fallback, announce, progress)
     with _locked(root / f".{name}.lock"):
         if check_complete(final, spec):  # someone else finished it while we waited
             return final
