@@ -1,0 +1,43 @@
+// Shared definitions for the host (C++) and device (CUDA) builds of nerfaccel's kernels.
+//
+// NA_HD marks a function as callable from both host and device code. It expands to
+// `__host__ __device__` under nvcc and to nothing under the system C++ compiler, so every per-ray /
+// per-sample routine in math.h is written once and compiled into both extensions.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define NA_HD __host__ __device__ __forceinline__
+#else
+#define NA_HD inline
+#endif
+
+namespace nerfaccel {
+
+// 64-bit indices everywhere a count of samples can exceed 2^31.
+using index_t = int64_t;
+
+template <typename T>
+NA_HD T na_min(T a, T b) { return b < a ? b : a; }
+template <typename T>
+NA_HD T na_max(T a, T b) { return a < b ? b : a; }
+
+// torch.maximum / torch.minimum propagate NaN; mirror that so kernels match the reference.
+template <typename T>
+NA_HD T nan_max(T a, T b) { return (a != a || b != b) ? (a + b) : (a < b ? b : a); }
+template <typename T>
+NA_HD T nan_min(T a, T b) { return (a != a || b != b) ? (a + b) : (b < a ? b : a); }
+
+template <typename T>
+NA_HD T na_inf() { return static_cast<T>(INFINITY); }
+
+NA_HD float na_exp(float x) { return expf(x); }
+NA_HD double na_exp(double x) { return exp(x); }
+NA_HD float na_sqrt(float x) { return sqrtf(x); }
+NA_HD double na_sqrt(double x) { return sqrt(x); }
+NA_HD float na_abs(float x) { return fabsf(x); }
+NA_HD double na_abs(double x) { return fabs(x); }
+
+}  // namespace nerfaccel

@@ -1,0 +1,441 @@
+// The math of every nerfaccel op, written once for the host and the device.
+//
+// Each function handles one ray (a packed chunk `[start, start + count)` of a flat tensor) or one
+// sample/point. The CPU extension calls them from OpenMP loops over rays; the CUDA extension calls
+// them from one thread per ray (or per element). Semantics follow the pure-PyTorch reference in
+// nerfaccel_plugin/_torch_impl.py, which is the source of truth.
+#pragma once
+
+#include "common.h"
+
+namespace nerfaccel {
+
+// ---------------------------------------------------------------------------------------------
+// Ray / box geometry
+// ---------------------------------------------------------------------------------------------
+
+// Unclipped slab interval of a ray through a box [lo(3), hi(3)]; a miss shows as t_in > t_out.
+// Axis-parallel directions: (-inf, inf) on that axis when the origin is inside the closed extent,
+// empty otherwise.
+template <typename T>
+NA_HD void slab_interval(const T* o, const T* d, const T* box, T& t_in, T& t_out) {
+  T lo_all = -na_inf<T>();
+  T hi_all = na_inf<T>();
+  for (int a = 0; a < 3; ++a) {
+    T near_ax, far_ax;
+    if (d[a] == T(0)) {
+      const bool inside = (o[a] >= box[a]) && (o[a] <= box[a + 3]);
+      near_ax = inside ? -na_inf<T>() : na_inf<T>();
+      far_ax = inside ? na_inf<T>() : -na_inf<T>();
+    } else {
+      const T t1 = (box[a] - o[a]) / d[a];
+      const T t2 = (box[a + 3] - o[a]) / d[a];
+      near_ax = nan_min(t1, t2);
+      far_ax = nan_max(t1, t2);
+    }
+    lo_all = nan_max(lo_all, near_ax);
+    hi_all = nan_min(hi_all, far_ax);
+  }
+  t_in = lo_all;
+  t_out = hi_all;
+}
+
+// One (ray, box) pair of _ray_aabb_intersect.
+template <typename T>
+NA_HD void ray_aabb_pair(const T* o, const T* d, const T* box, T near_plane, T far_plane, T miss_value, T& t_min,
+                         T& t_max, bool& hit) {
+  T t_in, t_out;
+  slab_interval(o, d, box, t_in, t_out);
+  const T lo = (t_in != t_in) ? t_in : na_max(t_in, near_plane);
+  const T hi = (t_out != t_out) ? t_out : na_min(t_out, far_plane);
+  hit = (hi > lo) && (t_out > T(0));
+  t_min = hit ? lo : miss_value;
+  t_max = hit ? hi : miss_value;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Grid traversal (float64 positions, closed-form marching lattice)
+// ---------------------------------------------------------------------------------------------
+struct Lattice {
+  double near, step, cone, n_uniform, log1p_cone;
+
+  NA_HD Lattice(double near_, double step_, double cone_) : near(near_), step(step_), cone(cone_) {
+    if (cone > 0.0) {
+      const double thresh = step / cone;
+      n_uniform = na_max(ceil((thresh - near) / step), 0.0);
+      log1p_cone = log1p(cone);
+    } else {
+      n_uniform = 0.0;
+      log1p_cone = 0.0;
+    }
+  }
+
+  // t_k: uniform steps up to the first point past step/cone, geometric growth after it.
+  NA_HD double t(double k) const {
+    if (cone <= 0.0) return near + k * step;
+    const double t_uniform = near + na_min(k, n_uniform) * step;
+    const double extra = na_max(k - n_uniform, 0.0);
+    return t_uniform * pow(1.0 + cone, extra);
+  }
+
+  // Approximate (real-valued) inverse of t().
+  NA_HD double k_of(double tv) const {
+    if (cone <= 0.0) return (tv - near) / step;
+    const double t_k = near + n_uniform * step;
+    if (tv < t_k) return (tv - near) / step;
+    return n_uniform + log(na_max(tv / t_k, 1e-30)) / log1p_cone;
+  }
+
+  NA_HD double mid(double k) const { return 0.5 * (t(k) + t(k + 1.0)); }
+
+  // Smallest k >= 0 with mid(k) >= bound.
+  NA_HD double first_mid_at_or_after(double bound) const {
+    double k = floor(k_of(bound)) - 1.0;
+    if (!(k > 0.0) || !isfinite(k)) k = 0.0;  // also catches NaN
+    for (int it = 0; it < 64 && mid(k) < bound; ++it) k += 1.0;
+    for (int it = 0; it < 64 && k > 0.0 && mid(k - 1.0) >= bound; ++it) k -= 1.0;
+    return k;
+  }
+};
+
+struct GridStack {
+  const bool* binaries;  // [levels, rx, ry, rz]
+  const double* aabbs;   // [levels, 6]
+  int64_t levels, rx, ry, rz;
+
+  // Occupancy of the cell holding x in the lowest-index level whose box contains x.
+  NA_HD bool occupied(const double* x) const {
+    const int64_t res[3] = {rx, ry, rz};
+    for (int64_t l = 0; l < levels; ++l) {
+      const double* box = aabbs + 6 * l;
+      int64_t idx[3];
+      bool inside = true;
+      for (int a = 0; a < 3; ++a) {
+        const double f = floor((x[a] - box[a]) / (box[a + 3] - box[a]) * static_cast<double>(res[a]));
+        if (!(f >= 0.0 && f < static_cast<double>(res[a]))) {
+          inside = false;
+          break;
+        }
+        idx[a] = static_cast<int64_t>(f);
+      }
+      if (inside) return binaries[l * rx * ry * rz + (idx[0] * ry + idx[1]) * rz + idx[2]];
+    }
+    return false;
+  }
+};
+
+// Marches one ray; calls emit(t0, t1) for each kept sample, in order. Returns the number kept.
+template <typename Emit>
+NA_HD int64_t traverse_ray(const double* o, const double* d, double near, double far, const GridStack& grid,
+                           double step_size, double cone_angle, Emit& emit) {
+  double lo = na_inf<double>(), hi = -na_inf<double>();
+  for (int64_t l = 0; l < grid.levels; ++l) {
+    double t_in, t_out;
+    slab_interval(o, d, grid.aabbs + 6 * l, t_in, t_out);
+    if (t_out > t_in && t_out > 0.0) {
+      lo = na_min(lo, t_in);
+      hi = na_max(hi, t_out);
+    }
+  }
+  lo = nan_max(lo, near);
+  hi = nan_min(hi, far);
+  if (!(isfinite(lo) && hi > lo)) return 0;
+  const Lattice lat(near, step_size, cone_angle);
+  const double k_lo = lat.first_mid_at_or_after(lo);
+  const double k_hi = lat.first_mid_at_or_after(hi);
+  int64_t kept = 0;
+  double t0 = lat.t(k_lo);
+  for (double k = k_lo; k < k_hi; k += 1.0) {
+    const double t1 = lat.t(k + 1.0);
+    const double m = 0.5 * (t0 + t1);
+    if (m >= lo && m < hi) {
+      double x[3];
+      for (int a = 0; a < 3; ++a) x[a] = o[a] + m * d[a];
+      if (grid.occupied(x)) {
+        emit(t0, t1);
+        ++kept;
+      }
+    }
+    t0 = t1;
+  }
+  return kept;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Segmented scans over one chunk [s, s + n)
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+NA_HD void scan_sum_fwd(const T* x, T* y, index_t s, index_t n, bool exclusive) {
+  T acc = T(0);
+  for (index_t i = s; i < s + n; ++i) {
+    if (exclusive) {
+      y[i] = acc;
+      acc += x[i];
+    } else {
+      acc += x[i];
+      y[i] = acc;
+    }
+  }
+}
+
+// d/dx of sum_i g_i y_i: a reverse cumulative sum of g (shifted by one when exclusive).
+template <typename T>
+NA_HD void scan_sum_bwd(const T* g, T* gx, index_t s, index_t n, bool exclusive) {
+  T acc = T(0);
+  for (index_t i = s + n - 1; i >= s; --i) {
+    if (exclusive) {
+      gx[i] = acc;
+      acc += g[i];
+    } else {
+      acc += g[i];
+      gx[i] = acc;
+    }
+  }
+}
+
+template <typename T>
+NA_HD void scan_prod_fwd(const T* x, T* y, index_t s, index_t n, bool exclusive) {
+  T acc = T(1);
+  for (index_t i = s; i < s + n; ++i) {
+    if (exclusive) {
+      y[i] = acc;
+      acc *= x[i];
+    } else {
+      acc *= x[i];
+      y[i] = acc;
+    }
+  }
+}
+
+// Exact gradient of a cumulative product without any division (correct when x contains zeros).
+// With P_i = prod_{k<i} x_k (the exclusive product), grad_i = P_i * E_i where
+//   inclusive: E_i = g_i + x_{i+1} E_{i+1}          (E past the end = 0)
+//   exclusive: E_i = g_{i+1} + x_{i+1} E_{i+1}
+// y holds the forward output: P_i = y_i (exclusive) or y_{i-1} (inclusive, 1 for the first).
+template <typename T>
+NA_HD void scan_prod_bwd(const T* g, const T* x, const T* y, T* gx, index_t s, index_t n, bool exclusive) {
+  T e = T(0);  // E_{i+1} on entry to iteration i
+  for (index_t i = s + n - 1; i >= s; --i) {
+    const bool has_next = i + 1 < s + n;
+    if (exclusive) {
+      e = has_next ? g[i + 1] + x[i + 1] * e : T(0);
+    } else {
+      e = has_next ? g[i] + x[i + 1] * e : g[i];
+    }
+    const T p = exclusive ? y[i] : (i > s ? y[i - 1] : T(1));
+    gx[i] = p * e;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Volume rendering (one fused pass per ray, forward and backward)
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+NA_HD T density_alpha(T t0, T t1, T sigma) {
+  return T(1) - na_exp(-(sigma * (t1 - t0)));
+}
+
+// Forward from densities: T_i = exp(-sum_{j<i} tau_j), w_i = T_i * alpha_i (alphas precomputed).
+template <typename T>
+NA_HD void render_density_fwd_ray(const T* t0, const T* t1, const T* sigma, const T* alpha, T* w, T* trans, index_t s,
+                                  index_t n) {
+  T acc = T(0);
+  for (index_t i = s; i < s + n; ++i) {
+    const T tr = na_exp(-acc);
+    trans[i] = tr;
+    w[i] = tr * alpha[i];
+    acc += sigma[i] * (t1[i] - t0[i]);
+  }
+}
+
+// Backward from densities: d tau_i = (g_a_i + g_w_i T_i) exp(-tau_i) - sum_{j>i} (g_T_j + g_w_j a_j) T_j.
+template <typename T>
+NA_HD void render_density_bwd_ray(const T* gw, const T* gt, const T* ga, const T* t0, const T* t1, const T* sigma,
+                                  const T* trans, const T* alpha, T* g_t0, T* g_t1, T* g_sigma, index_t s,
+                                  index_t n) {
+  T suffix = T(0);
+  for (index_t i = s + n - 1; i >= s; --i) {
+    const T dt = t1[i] - t0[i];
+    const T dtau = (ga[i] + gw[i] * trans[i]) * na_exp(-(sigma[i] * dt)) - suffix;
+    suffix += (gt[i] + gw[i] * alpha[i]) * trans[i];
+    g_sigma[i] = dtau * dt;
+    g_t0[i] = -dtau * sigma[i];
+    g_t1[i] = dtau * sigma[i];
+  }
+}
+
+// Samples outside every chunk: only the alpha output depends on them.
+template <typename T>
+NA_HD void render_density_bwd_elem(const T* ga, const T* t0, const T* t1, const T* sigma, T* g_t0, T* g_t1,
+                                   T* g_sigma, index_t i) {
+  const T dt = t1[i] - t0[i];
+  const T dtau = ga[i] * na_exp(-(sigma[i] * dt));
+  g_sigma[i] = dtau * dt;
+  g_t0[i] = -dtau * sigma[i];
+  g_t1[i] = dtau * sigma[i];
+}
+
+// Forward from opacities: T_i = prod_{j<i} (1 - alpha_j), w_i = T_i * alpha_i.
+template <typename T>
+NA_HD void render_alpha_fwd_ray(const T* alpha, T* w, T* trans, index_t s, index_t n) {
+  T acc = T(1);
+  for (index_t i = s; i < s + n; ++i) {
+    trans[i] = acc;
+    w[i] = acc * alpha[i];
+    acc *= (T(1) - alpha[i]);
+  }
+}
+
+// Backward from opacities, division-free (exact when some alpha_j = 1):
+// d alpha_i = g_w_i T_i - T_i E_i,  E_i = h_{i+1} + (1 - alpha_{i+1}) E_{i+1},  h_j = g_T_j + g_w_j alpha_j.
+template <typename T>
+NA_HD void render_alpha_bwd_ray(const T* gw, const T* gt, const T* alpha, const T* trans, T* g_alpha, index_t s,
+                                index_t n) {
+  T e = T(0);
+  for (index_t i = s + n - 1; i >= s; --i) {
+    g_alpha[i] = gw[i] * trans[i] - trans[i] * e;
+    e = (gt[i] + gw[i] * alpha[i]) + (T(1) - alpha[i]) * e;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sorted search and inverse-CDF sampling
+// ---------------------------------------------------------------------------------------------
+
+// Number of entries of v[s .. s+n-1] that are <= x (upper bound), by bisection.
+template <typename T>
+NA_HD index_t count_le(const T* v, index_t s, index_t n, T x) {
+  index_t lo = 0, hi = n;
+  while (lo < hi) {
+    const index_t mid = lo + (hi - lo) / 2;
+    if (v[s + mid] <= x) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
+// One query of _searchsorted against the chunk (base, cnt); total = numel of the sorted values.
+template <typename T>
+NA_HD void searchsorted_one(const T* sorted, index_t base, index_t cnt, index_t total, T q, int64_t& left,
+                            int64_t& right) {
+  const index_t p = count_le(sorted, base, cnt, q);
+  index_t r = na_min<index_t>(na_max<index_t>(p, 1), cnt - 1);
+  r = na_max<index_t>(r, 0);
+  const index_t l = na_max<index_t>(r - 1, 0);
+  right = base + r;
+  left = base + l;
+  if (total > 0) {
+    right = na_min<index_t>(right, total - 1);
+    left = na_min<index_t>(left, total - 1);
+  }
+}
+
+// Inverse-CDF sampling of one ray: n samples into samples[so ..), n + 1 edges into edges[eo ..).
+template <typename T>
+NA_HD void importance_sample_ray(const T* t, const T* cdf, index_t b, index_t cnt, index_t n, T bias, T* samples,
+                                 index_t so, T* edges, index_t eo) {
+  if (n <= 0 || cnt <= 0) return;
+  const index_t last = b + cnt - 1;
+  const T c_lo = cdf[b];
+  const T c_hi = cdf[last];
+  const T n_t = static_cast<T>(n);
+  for (index_t j = 0; j < n; ++j) {
+    const T u = c_lo + (static_cast<T>(j) + bias) * (c_hi - c_lo) / n_t;
+    const index_t p = count_le(cdf, b, cnt - 1, u);
+    const index_t p0 = na_min<index_t>(na_max<index_t>(b + p - 1, b), last);
+    const index_t p1 = na_min<index_t>(na_max<index_t>(b + p, b), last);
+    const T cu0 = cdf[p0], cu1 = cdf[p1];
+    const T t0 = t[p0], t1 = t[p1];
+    const T du = cu1 - cu0;
+    samples[so + j] = (du < T(1e-10)) ? T(0.5) * (t0 + t1) : t0 + (u - cu0) * (t1 - t0) / du;
+  }
+  const T e_first = t[b];
+  const T e_last = t[last];
+  const T* sm = samples + so;
+  if (n == 1) {
+    edges[eo] = e_first;
+    edges[eo + 1] = e_last;
+    return;
+  }
+  for (index_t j = 1; j < n; ++j) edges[eo + j] = T(0.5) * (sm[j - 1] + sm[j]);
+  edges[eo] = nan_max(sm[0] - T(0.5) * (sm[1] - sm[0]), e_first);
+  edges[eo + n] = nan_min(sm[n - 1] + T(0.5) * (sm[n - 1] - sm[n - 2]), e_last);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scene contraction (mip-NeRF 360) of one point
+// ---------------------------------------------------------------------------------------------
+
+// Norm of z and its gradient direction dn/dz (amax splits ties evenly, like torch).
+template <typename T>
+NA_HD T contraction_norm(const T* z, bool linf, T* grad) {
+  if (!linf) {
+    const T n = na_sqrt(z[0] * z[0] + z[1] * z[1] + z[2] * z[2]);
+    for (int a = 0; a < 3; ++a) grad[a] = n > T(0) ? z[a] / n : T(0);
+    return n;
+  }
+  const T m = na_max(na_max(na_abs(z[0]), na_abs(z[1])), na_abs(z[2]));
+  int ties = 0;
+  for (int a = 0; a < 3; ++a) ties += (na_abs(z[a]) == m);
+  for (int a = 0; a < 3; ++a) {
+    const T sgn = z[a] > T(0) ? T(1) : (z[a] < T(0) ? T(-1) : T(0));
+    grad[a] = (na_abs(z[a]) == m) ? sgn / static_cast<T>(ties) : T(0);
+  }
+  return m;
+}
+
+template <typename T>
+NA_HD void contract_point(const T* x, const T* aabb, bool linf, T* y, const T* gy, T* gx) {
+  T z[3], center[3], half[3], dn[3];
+  for (int a = 0; a < 3; ++a) {
+    center[a] = (aabb[a] + aabb[a + 3]) * T(0.5);
+    half[a] = (aabb[a + 3] - aabb[a]) * T(0.5);
+    z[a] = (x[a] - center[a]) / half[a];
+  }
+  const T n = contraction_norm(z, linf, dn);
+  const T m = na_max(n, T(1));
+  if (y != nullptr) {
+    for (int a = 0; a < 3; ++a) y[a] = (T(2) - T(1) / m) * z[a] / m * T(0.25) + T(0.5);
+  }
+  if (gx != nullptr) {
+    // zc = f(m) z with f = 2/m - 1/m^2; J^T g = f g + f'(m) (z . g) dn/dz (when the clamp is inactive).
+    const T f = (T(2) - T(1) / m) / m;
+    T zg = T(0);
+    for (int a = 0; a < 3; ++a) zg += z[a] * gy[a];
+    const T fp = n >= T(1) ? (T(-2) / (m * m) + T(2) / (m * m * m)) : T(0);
+    for (int a = 0; a < 3; ++a) gx[a] = (T(0.25) * (f * gy[a] + fp * zg * dn[a])) / half[a];
+  }
+}
+
+template <typename T>
+NA_HD void uncontract_point(const T* y, const T* aabb, bool linf, T* x, const T* gx, T* gy) {
+  T zc[3], center[3], half[3], dn[3];
+  for (int a = 0; a < 3; ++a) {
+    center[a] = (aabb[a] + aabb[a + 3]) * T(0.5);
+    half[a] = (aabb[a + 3] - aabb[a]) * T(0.5);
+    zc[a] = (y[a] - T(0.5)) * T(4);
+  }
+  const T n = contraction_norm(zc, linf, dn);
+  const T m_max = static_cast<T>(2.0 - 1e-6);
+  const T m = na_min(na_max(n, T(1)), m_max);
+  const T g = m * (T(2) - m);
+  if (x != nullptr) {
+    for (int a = 0; a < 3; ++a) x[a] = zc[a] / g * half[a] + center[a];
+  }
+  if (gy != nullptr) {
+    // z = zc / g(m), g = m (2 - m): J^T v = v / g - (g'(m) / g^2) (zc . v) dn/dzc when 1 <= n <= m_max.
+    T v[3], zv = T(0);
+    for (int a = 0; a < 3; ++a) {
+      v[a] = gx[a] * half[a];
+      zv += zc[a] * v[a];
+    }
+    const bool active = (n >= T(1)) && (n <= m_max);
+    const T c = active ? (T(2) - T(2) * m) / (g * g) : T(0);
+    for (int a = 0; a < 3; ++a) gy[a] = T(4) * (v[a] / g - c * zv * dn[a]);
+  }
+}
+
+}  // namespace nerfaccel

@@ -1,0 +1,459 @@
+"""Parity of the compiled kernels (C++ CPU and CUDA) with the pure-PyTorch reference.
+
+Every primitive is compared forward and backward (shared random cotangents) on random inputs that
+include the edge cases: empty rays, zero samples, rays that miss everything, one-sample rays, a ray
+with a huge number of samples and elements outside every chunk. The same tests run on CUDA tensors
+when a GPU is present (skipped otherwise). gradcheck runs through the registered ops in float64 and
+``torch.library.opcheck`` checks every op's registration.
+
+The C++ extension is built once per session (normally a cache hit). Without a C++ toolchain the
+tests skip with the reason, unless ``NERFACCEL_REQUIRE_EXT=1`` (set by CI) makes that a failure.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from nerfaccel_plugin import _torch_impl as R
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")),
+]
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def _load(kind: str):
+    from nerfaccel_plugin import _ext
+
+    try:
+        return _ext.load_backend(kind)
+    except _ext.ExtensionUnavailable as err:
+        if os.environ.get("NERFACCEL_REQUIRE_EXT") == "1":
+            pytest.fail(f"the {kind} extension must build here (NERFACCEL_REQUIRE_EXT=1): {err}")
+        pytest.skip(f"{kind} extension unavailable: {err}")
+
+
+@pytest.fixture(scope="session")
+def cpp():
+    return _load("cpp")
+
+
+@pytest.fixture(scope="session")
+def cuda_ext():
+    return _load("cuda")
+
+
+@pytest.fixture(params=DEVICES)
+def K(request, cpp):  # noqa: N802 - short name for "kernels"
+    """(kernels, device) for each device under test."""
+    if request.param == "cuda":
+        return request.getfixturevalue("cuda_ext"), "cuda"
+    return cpp, "cpu"
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = RTOL, atol: float = ATOL) -> None:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    assert a.dtype == b.dtype, (a.dtype, b.dtype)
+    torch.testing.assert_close(a.cpu(), b.cpu(), rtol=rtol, atol=atol, equal_nan=True)
+
+
+def _packed(counts: list[int] | torch.Tensor, gaps: bool = False, device: str = "cpu") -> tuple[torch.Tensor, int]:
+    """packed_info for the given counts; with ``gaps`` chunks are separated by uncovered elements."""
+    counts = torch.as_tensor(counts, dtype=torch.long)
+    gap = torch.randint(0, 3, counts.shape) if gaps else torch.zeros_like(counts)
+    starts = torch.cumsum(counts + gap, 0) - counts
+    n = int((counts + gap).sum())
+    return torch.stack([starts, counts], -1).to(device), n
+
+
+def _counts(n_rays: int = 64, huge: int = 0) -> list[int]:
+    counts = torch.randint(0, 40, (n_rays,)).tolist()
+    counts[:4] = [0, 1, 0, 2]  # empty rays and a one-sample ray
+    if huge:
+        counts[5] = huge
+    return counts
+
+
+LAYOUTS = {
+    "mixed": dict(counts=None, gaps=False),
+    "gaps": dict(counts=None, gaps=True),
+    "huge": dict(counts="huge", gaps=False),
+    "no_rays": dict(counts=[], gaps=False),
+    "all_empty": dict(counts=[0, 0, 0], gaps=False),
+    "one_sample": dict(counts=[1], gaps=False),
+}
+
+
+def _layout(name: str, device: str) -> tuple[torch.Tensor, int]:
+    spec = LAYOUTS[name]
+    counts = spec["counts"]
+    if counts is None:
+        counts = _counts()
+    elif counts == "huge":
+        counts = _counts(16, huge=200_000)
+    return _packed(counts, spec["gaps"], device)
+
+
+def _fwd_bwd(fn, inputs: list[torch.Tensor], cotangents: list[torch.Tensor] | None = None):
+    """Runs fn, then backward with given (or fresh random) cotangents; returns outputs, grads, cotangents."""
+    inputs = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in inputs]
+    outs = fn(*inputs)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    float_outs = [o for o in outs if o.is_floating_point()]
+    if cotangents is None:
+        cotangents = [torch.randn_like(o) for o in float_outs]
+    diff = [x for x in inputs if x.requires_grad]
+    loss = sum((o * c).sum() for o, c in zip(float_outs, cotangents, strict=True))
+    grads = torch.autograd.grad(loss, diff, allow_unused=True) if loss.requires_grad else [None] * len(diff)
+    grads = [torch.zeros_like(x) if g is None else g for x, g in zip(diff, grads, strict=True)]
+    return [o.detach() for o in outs], grads, cotangents
+
+
+def _compare_fwd_bwd(ref_fn, ker_fn, inputs, rtol=RTOL, atol=ATOL):
+    ref_out, ref_grad, cot = _fwd_bwd(ref_fn, inputs)
+    ker_out, ker_grad, _ = _fwd_bwd(ker_fn, inputs, cot)
+    for a, b in zip(ker_out, ref_out, strict=True):
+        _close(a, b, rtol, atol)
+    for a, b in zip(ker_grad, ref_grad, strict=True):
+        _close(a, b, rtol, atol)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scans and rendering
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("name", ["_inclusive_sum", "_exclusive_sum", "_inclusive_prod", "_exclusive_prod"])
+def test_scans(K, name, layout):
+    ext, device = K
+    packed_info, n = _layout(layout, device)
+    dtype = torch.float64 if layout == "huge" else torch.float32
+    if "prod" in name:
+        x = 1.0 - 1e-5 * torch.rand(n, dtype=dtype, device=device)  # products stay away from underflow
+        if n > 10:
+            x[torch.randint(0, n, (max(n // 20, 1),))] = 0.0  # zeros: exact gradients required
+    else:
+        x = torch.randn(n, dtype=dtype, device=device)
+    _compare_fwd_bwd(lambda a: getattr(R, name)(a, packed_info), lambda a: getattr(ext, name)(a, packed_info), [x])
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_render_weight_from_density(K, layout):
+    ext, device = K
+    packed_info, n = _layout(layout, device)
+    dtype = torch.float64 if layout == "huge" else torch.float32
+    t0 = torch.rand(n, dtype=dtype, device=device)
+    t1 = t0 + 0.05 * torch.rand(n, dtype=dtype, device=device)
+    sig = 10 * torch.rand(n, dtype=dtype, device=device)
+    if layout == "huge":
+        sig = sig * 1e-4  # keep transmittance from underflowing over 200k samples
+    _compare_fwd_bwd(
+        lambda a, b, c: R._render_weight_from_density(a, b, c, packed_info),
+        lambda a, b, c: ext._render_weight_from_density(a, b, c, packed_info),
+        [t0, t1, sig],
+    )
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_render_weight_from_alpha(K, layout):
+    ext, device = K
+    packed_info, n = _layout(layout, device)
+    dtype = torch.float64 if layout == "huge" else torch.float32
+    alphas = torch.rand(n, dtype=dtype, device=device) * (1e-5 if layout == "huge" else 0.3)
+    if n > 10:
+        alphas[torch.randint(0, n, (3,))] = 1.0  # fully opaque samples: division-free gradient
+    _compare_fwd_bwd(
+        lambda a: R._render_weight_from_alpha(a, packed_info),
+        lambda a: ext._render_weight_from_alpha(a, packed_info),
+        [alphas],
+    )
+
+
+@pytest.mark.parametrize("dim", [None, 1, 3])
+@pytest.mark.parametrize("n", [0, 1, 5000])
+def test_accumulate_along_rays(K, dim, n):
+    ext, device = K
+    n_rays = 37
+    weights = torch.rand(n, device=device)
+    ray_indices = torch.randint(0, n_rays, (n,), device=device)  # unsorted on purpose
+    if dim is None:
+        _compare_fwd_bwd(
+            lambda w: R._accumulate_along_rays(w, None, ray_indices, n_rays),
+            lambda w: ext._accumulate_along_rays(w, None, ray_indices, n_rays),
+            [weights],
+        )
+    else:
+        values = torch.randn(n, dim, device=device)
+        _compare_fwd_bwd(
+            lambda w, v: R._accumulate_along_rays(w, v, ray_indices, n_rays),
+            lambda w, v: ext._accumulate_along_rays(w, v, ray_indices, n_rays),
+            [weights, values],
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry, traversal, search, sampling, contraction, grid update
+# ---------------------------------------------------------------------------------------------
+def _rays(n: int, device: str, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    o = (torch.rand(n, 3, dtype=dtype) * 4 - 2).to(device)
+    d = torch.randn(n, 3, dtype=dtype)
+    d[: n // 8, 1] = 0.0  # axis-parallel rays
+    d[: n // 16, 2] = 0.0
+    d = (d / d.norm(dim=-1, keepdim=True)).to(device)
+    return o, d
+
+
+def test_ray_aabb_intersect(K):
+    ext, device = K
+    o, d = _rays(500, device)
+    aabbs = torch.tensor([[-1.0, -1, -1, 1, 1, 1], [0, 0, 0, 0.5, 0.5, 0.5], [3, 3, 3, 4, 4, 4]], device=device)
+    for near, far, miss in [(0.0, 1e10, 1e10), (0.5, 2.0, -1.0)]:
+        ref = R._ray_aabb_intersect(o, d, aabbs, near, far, miss)
+        got = ext._ray_aabb_intersect(o, d, aabbs, near, far, miss)
+        assert torch.equal(got[2].cpu(), ref[2].cpu())
+        _close(got[0], ref[0])
+        _close(got[1], ref[1])
+    empty = ext._ray_aabb_intersect(o[:0], d[:0], aabbs, 0.0, 1e10, 0.0)
+    assert empty[0].shape == (0, 3)
+
+
+@pytest.mark.parametrize("cone_angle", [0.0, 0.004, 0.05])
+@pytest.mark.parametrize("levels", [1, 3])
+def test_traverse_grids(K, cone_angle, levels):
+    ext, device = K
+    res = (32, 24, 16)
+    binaries = (torch.rand(levels, *res) > 0.6).to(device)
+    aabbs = torch.tensor([[-1.0, -1, -1, 1, 1, 1]]) * torch.tensor([2.0**lvl for lvl in range(levels)])[:, None]
+    aabbs = aabbs.to(device)
+    o, d = _rays(300, device)
+    o[-5:] = torch.tensor([10.0, 10.0, 10.0], device=device)  # rays that miss everything
+    d[-5:] = torch.tensor([1.0, 0.0, 0.0], device=device)
+    near = torch.rand(300, device=device) * 0.3
+    near[:10] = 0.0
+    far = torch.full((300,), 1e10, device=device)
+    far[10:20] = 1.0
+    ref = R._traverse_grids(o, d, binaries, aabbs, near, far, 0.01, cone_angle)
+    got = ext._traverse_grids(o, d, binaries, aabbs, near, far, 0.01, cone_angle)
+    assert ref[0].numel() > 100
+    assert torch.equal(got[0].cpu(), ref[0].cpu())
+    _close(got[1], ref[1])
+    _close(got[2], ref[2])
+
+
+def test_traverse_grids_empty(K):
+    ext, device = K
+    binaries = torch.zeros(1, 8, 8, 8, dtype=torch.bool, device=device)
+    aabbs = torch.tensor([[-1.0, -1, -1, 1, 1, 1]], device=device)
+    o, d = _rays(20, device)
+    near, far = torch.zeros(20, device=device), torch.full((20,), 1e10, device=device)
+    ri, t0, t1 = ext._traverse_grids(o, d, binaries, aabbs, near, far, 0.01, 0.0)
+    assert ri.numel() == t0.numel() == t1.numel() == 0 and ri.dtype == torch.long
+    ri, _, _ = ext._traverse_grids(o[:0], d[:0], binaries, aabbs, near[:0], far[:0], 0.01, 0.0)
+    assert ri.numel() == 0
+
+
+def _sorted_packed(counts: list[int], device: str, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    packed_info, n = _packed(counts, False, device)
+    vals = torch.rand(n, dtype=dtype, device=device)
+    ray_ids = torch.repeat_interleave(torch.arange(len(counts), device=device), packed_info[:, 1])
+    vals = torch.cumsum(vals, 0) - torch.cumsum(vals, 0)[packed_info[ray_ids, 0]] * 0  # ascending everywhere
+    vals = vals + ray_ids.to(dtype)  # per-ray offset keeps ranges distinct
+    return vals, packed_info
+
+
+def test_searchsorted(K):
+    ext, device = K
+    counts = [0, 1, 2, 5, 30, 0, 17]
+    sv, spi = _sorted_packed(counts, device)
+    q_counts = [3, 4, 0, 6, 50, 2, 9]
+    qpi, nq = _packed(q_counts, False, device)
+    lo, hi = sv.min().item() - 1, sv.max().item() + 1
+    qv = torch.rand(nq, device=device) * (hi - lo) + lo
+    qv[:3] = sv[5:8]  # exact hits
+    ref = R._searchsorted(sv, spi, qv, qpi)
+    got = ext._searchsorted(sv, spi, qv, qpi)
+    assert torch.equal(got[0].cpu(), ref[0].cpu()) and torch.equal(got[1].cpu(), ref[1].cpu())
+
+
+@pytest.mark.parametrize("stratified", [False, True])
+def test_importance_sampling(K, stratified):
+    ext, device = K
+    counts = [0, 1, 2, 9, 33, 5, 2]
+    packed_info, n = _packed(counts, False, device)
+    ray_ids = torch.repeat_interleave(torch.arange(len(counts), device=device), packed_info[:, 1])
+    edges = torch.rand(n, device=device).cumsum(0)
+    w = torch.rand(n, device=device)
+    w[::4] = 0.0  # flat CDF pieces
+    cdfs = w.cumsum(0) - w.cumsum(0)[packed_info[ray_ids, 0]]
+    n_per_ray = torch.tensor([4, 3, 0, 1, 64, 7, 2], device=device)
+    bias = torch.rand(len(counts), device=device) if stratified else torch.full((len(counts),), 0.5, device=device)
+    ref = R._importance_sampling(edges, cdfs, packed_info, n_per_ray, bias)
+    got = ext._importance_sampling(edges, cdfs, packed_info, n_per_ray, bias)
+    assert torch.equal(got[1].cpu(), ref[1].cpu()) and torch.equal(got[3].cpu(), ref[3].cpu())
+    _close(got[0], ref[0], atol=1e-5)
+    _close(got[2], ref[2], atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("ord", ["l2", "linf"])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_contract(K, ord, inverse, dtype):
+    ext, device = K
+    aabb = torch.tensor([-1.0, -2.0, -0.5, 1.0, 2.0, 1.5], device=device, dtype=dtype)
+    if inverse:
+        # Near the outer shell the inverse is ill-conditioned (1 / (m (2 - m))): float32 stays inside
+        # |z| < 1.4, float64 covers the whole cube.
+        spread = 0.4 if dtype == torch.float32 else 0.95
+        x = 0.5 + (torch.rand(2000, 3, device=device, dtype=dtype) - 0.5) * spread
+        ref_fn, ker_fn = R._uncontract, ext._uncontract
+    else:
+        x = torch.randn(2000, 3, device=device, dtype=dtype) * 3
+        ref_fn, ker_fn = R._contract, ext._contract
+    _compare_fwd_bwd(lambda a: ref_fn(a, aabb, ord), lambda a: ker_fn(a, aabb, ord), [x], rtol=1e-5, atol=1e-5)
+
+
+def test_grid_ema_update(K):
+    ext, device = K
+    occs = torch.rand(5000, device=device)
+    occs[::7] = -1.0  # invisible cells
+    cell_ids = torch.randint(0, 5000, (8000,), device=device)  # duplicates
+    values = torch.rand(8000, device=device)
+    ref = R._grid_ema_update(occs, cell_ids, values, 0.95)
+    got = ext._grid_ema_update(occs, cell_ids, values, 0.95)
+    assert torch.equal(got.cpu(), ref.cpu())
+    empty = ext._grid_ema_update(occs, cell_ids[:0], values[:0], 0.95)
+    assert torch.equal(empty.cpu(), occs.cpu())
+
+
+def test_half_inputs_upcast(K):
+    ext, device = K
+    packed_info, n = _packed([3, 0, 5], False, device)
+    alphas = (torch.rand(n, device=device) * 0.5).half()
+    w, t = ext._render_weight_from_alpha(alphas, packed_info)
+    assert w.dtype == torch.float32
+    ref_w, _ = R._render_weight_from_alpha(alphas.float(), packed_info)
+    _close(w, ref_w)
+
+
+def test_bad_inputs_raise_clear_errors(cpp):
+    x = torch.rand(10)
+    with pytest.raises(RuntimeError, match="packed_info"):
+        torch.ops.nerfaccel.scan(x, torch.zeros(3, 3, dtype=torch.long), False, False)
+    with pytest.raises(RuntimeError, match="int64"):
+        torch.ops.nerfaccel.scan(x, torch.zeros(3, 2, dtype=torch.int32), False, False)
+    with pytest.raises(RuntimeError, match="ray_indices"):
+        torch.ops.nerfaccel.accumulate_along_rays(x, None, torch.full((10,), 5, dtype=torch.long), 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# gradcheck, opcheck, torch.compile
+# ---------------------------------------------------------------------------------------------
+def test_gradcheck(cpp):
+    packed_info, n = _packed([3, 0, 1, 6], True)
+    f64 = dict(dtype=torch.float64, requires_grad=True)
+    x = torch.rand(n, **f64)
+    for name in ["_inclusive_sum", "_exclusive_sum", "_inclusive_prod", "_exclusive_prod"]:
+        assert torch.autograd.gradcheck(lambda a: getattr(cpp, name)(a, packed_info), (x,))
+    xz = x.detach().clone()
+    xz[[1, 6]] = 0.0
+    assert torch.autograd.gradcheck(lambda a: cpp._exclusive_prod(a, packed_info), (xz.requires_grad_(),))
+    t0 = torch.rand(n, dtype=torch.float64)
+    t1 = (t0 + torch.rand(n, dtype=torch.float64)).requires_grad_()
+    sig = torch.rand(n, **f64)
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: cpp._render_weight_from_density(a, b, c, packed_info), (t0.requires_grad_(), t1, sig)
+    )
+    assert torch.autograd.gradcheck(lambda a: cpp._render_weight_from_alpha(a, packed_info), (x * 0.9,))
+    ri = torch.randint(0, 4, (n,))
+    vals = torch.rand(n, 2, **f64)
+    assert torch.autograd.gradcheck(lambda w, v: cpp._accumulate_along_rays(w, v, ri, 4), (x, vals))
+    aabb = torch.tensor([-1.0, -1, -1, 1, 1, 1], dtype=torch.float64)
+    pts = (torch.randn(50, 3, dtype=torch.float64) * 2).requires_grad_()
+    ys = (torch.rand(50, 3, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
+    for ord in ["l2", "linf"]:
+        assert torch.autograd.gradcheck(lambda a: cpp._contract(a, aabb, ord), (pts,))
+        assert torch.autograd.gradcheck(lambda a: cpp._uncontract(a, aabb, ord), (ys,))
+
+
+def _opcheck_cases():
+    packed_info, n = _packed([3, 0, 1, 6], True)
+    x = torch.rand(n, requires_grad=True)
+    t0 = torch.rand(n)
+    t1 = t0 + torch.rand(n)
+    ri = torch.randint(0, 4, (n,))
+    o, d = _rays(16, "cpu")
+    binaries = torch.rand(2, 8, 8, 8) > 0.5
+    aabbs2 = torch.tensor([[-1.0, -1, -1, 1, 1, 1], [-2.0, -2, -2, 2, 2, 2]])
+    sv, spi = _sorted_packed([2, 3, 0, 4], "cpu")
+    cdfs = torch.rand(sv.numel())
+    ops = torch.ops.nerfaccel
+    return {
+        "ray_aabb_intersect": (ops.ray_aabb_intersect, (o, d, aabbs2, 0.0, 1e10, 1e10)),
+        "traverse_grids": (
+            ops.traverse_grids,
+            (o, d, binaries, aabbs2, torch.zeros(16), torch.full((16,), 1e10), 0.05, 0.0),
+        ),
+        "scan": (ops.scan, (x, packed_info, True, True)),
+        "render_weight_from_density": (
+            ops.render_weight_from_density,
+            (t0, t1.requires_grad_(), x, packed_info),
+        ),
+        "render_weight_from_alpha": (ops.render_weight_from_alpha, (x * 0.5, packed_info)),
+        "accumulate_along_rays": (ops.accumulate_along_rays, (x, torch.rand(n, 3, requires_grad=True), ri, 4)),
+        "accumulate_along_rays_none": (ops.accumulate_along_rays, (x, None, ri, 4)),
+        "searchsorted": (ops.searchsorted, (sv, spi, torch.rand(spi.shape[0] * 2) * 4, spi)),
+        "importance_sampling": (
+            ops.importance_sampling,
+            (sv, cdfs, spi, torch.tensor([2, 0, 1, 3]), torch.full((4,), 0.5)),
+        ),
+        "contract": (
+            ops.contract,
+            (torch.randn(20, 3, requires_grad=True), torch.tensor([-1.0, -1, -1, 1, 1, 1]), False, False),
+        ),
+        "grid_ema_update": (ops.grid_ema_update, (torch.rand(64), torch.randint(0, 64, (30,)), torch.rand(30), 0.9)),
+    }
+
+
+OPCHECK_CASES = [
+    "ray_aabb_intersect",
+    "traverse_grids",
+    "scan",
+    "render_weight_from_density",
+    "render_weight_from_alpha",
+    "accumulate_along_rays",
+    "accumulate_along_rays_none",
+    "searchsorted",
+    "importance_sampling",
+    "contract",
+    "grid_ema_update",
+]
+
+
+@pytest.mark.parametrize("case", OPCHECK_CASES)
+def test_opcheck(cpp, case):
+    op, args = _opcheck_cases()[case]
+    torch.library.opcheck(op, args)
+
+
+def test_torch_compile_smoke(cpp):
+    """torch.compile (aot_eager: no C++ codegen needed) traces through the ops, forward and backward."""
+    packed_info, n = _packed([5, 0, 3, 7], False)
+    ri = torch.repeat_interleave(torch.arange(4), packed_info[:, 1])
+
+    def render(t0, t1, sigmas, rgb):
+        w, _, _ = torch.ops.nerfaccel.render_weight_from_density(t0, t1, sigmas, packed_info)
+        return torch.ops.nerfaccel.accumulate_along_rays(w, rgb, ri, 4)
+
+    t0 = torch.rand(n)
+    t1 = t0 + 0.1
+    sigmas = torch.rand(n, requires_grad=True)
+    rgb = torch.rand(n, 3, requires_grad=True)
+    compiled = torch.compile(render, backend="aot_eager", fullgraph=True)
+    out = compiled(t0, t1, sigmas, rgb)
+    out.sum().backward()
+    ref = render(t0, t1, sigmas.detach(), rgb.detach())
+    _close(out.detach(), ref)
+    assert sigmas.grad is not None and rgb.grad is not None
