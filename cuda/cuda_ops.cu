@@ -1,0 +1,559 @@
+// CUDA implementation of nerfaccel's ops: thin kernels around the shared math in math.h.
+//
+// Per-ray ops run one thread per ray (sequential within the ray, so each ray is a single fused pass);
+// per-element ops run one thread per element. Loops are grid-stride with 64-bit indices, so counts
+// beyond 2^31 are safe. Every launch is followed by C10_CUDA_KERNEL_LAUNCH_CHECK().
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/extension.h>
+
+#include "nerfaccel/math.h"
+#include "nerfaccel/ops.h"
+
+namespace nerfaccel {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+inline int64_t n_blocks(int64_t n) {
+  const int64_t blocks = (n + kThreads - 1) / kThreads;
+  return std::max<int64_t>(1, std::min<int64_t>(blocks, 65535 * 32));
+}
+
+#define NA_GRID_LOOP(i, n) \
+  for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < (n); \
+       i += static_cast<index_t>(blockDim.x) * gridDim.x)
+
+#define NA_LAUNCH(kernel, n, ...)                                                                      \
+  do {                                                                                                 \
+    if ((n) > 0) {                                                                                     \
+      kernel<<<n_blocks(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(__VA_ARGS__);              \
+      C10_CUDA_KERNEL_LAUNCH_CHECK();                                                                  \
+    }                                                                                                  \
+  } while (0)
+
+// ---------------------------------------------------------------------------------------------
+// Kernels
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+__global__ void ray_aabb_kernel(const T* o, const T* d, const T* boxes, int64_t n, int64_t m, T near_plane,
+                                T far_plane, T miss, T* tmin, T* tmax, bool* hit) {
+  NA_GRID_LOOP(i, n * m) {
+    const index_t r = i / m, j = i % m;
+    ray_aabb_pair<T>(o + 3 * r, d + 3 * r, boxes + 6 * j, near_plane, far_plane, miss, tmin[i], tmax[i], hit[i]);
+  }
+}
+
+struct CountEmit {
+  NA_HD void operator()(double, double) {}
+};
+
+template <typename T>
+struct WriteEmit {
+  int64_t* rays;
+  T* t0;
+  T* t1;
+  index_t pos;
+  int64_t ray;
+  NA_HD void operator()(double a, double b) {
+    rays[pos] = ray;
+    t0[pos] = static_cast<T>(a);
+    t1[pos] = static_cast<T>(b);
+    ++pos;
+  }
+};
+
+__global__ void traverse_count_kernel(const double* o, const double* d, const double* nearp, const double* farp,
+                                      GridStack grid, double step, double cone, int64_t n, int64_t* counts) {
+  NA_GRID_LOOP(r, n) {
+    CountEmit emit;
+    counts[r] = traverse_ray(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step, cone, emit);
+  }
+}
+
+template <typename T>
+__global__ void traverse_fill_kernel(const double* o, const double* d, const double* nearp, const double* farp,
+                                     GridStack grid, double step, double cone, int64_t n, const int64_t* ends,
+                                     const int64_t* counts, int64_t* rays, T* t0, T* t1) {
+  NA_GRID_LOOP(r, n) {
+    if (counts[r] == 0) continue;
+    WriteEmit<T> emit{rays, t0, t1, ends[r] - counts[r], r};
+    traverse_ray(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step, cone, emit);
+  }
+}
+
+template <typename T>
+__global__ void scan_fwd_kernel(const T* x, const int64_t* pi, int64_t n_rays, bool prod, bool exclusive, T* y) {
+  NA_GRID_LOOP(r, n_rays) {
+    if (prod) {
+      scan_prod_fwd(x, y, pi[2 * r], pi[2 * r + 1], exclusive);
+    } else {
+      scan_sum_fwd(x, y, pi[2 * r], pi[2 * r + 1], exclusive);
+    }
+  }
+}
+
+template <typename T>
+__global__ void scan_bwd_kernel(const T* g, const T* x, const T* y, const int64_t* pi, int64_t n_rays, bool prod,
+                                bool exclusive, T* gx) {
+  NA_GRID_LOOP(r, n_rays) {
+    if (prod) {
+      scan_prod_bwd(g, x, y, gx, pi[2 * r], pi[2 * r + 1], exclusive);
+    } else {
+      scan_sum_bwd(g, gx, pi[2 * r], pi[2 * r + 1], exclusive);
+    }
+  }
+}
+
+template <typename T>
+__global__ void density_alpha_kernel(const T* t0, const T* t1, const T* sg, int64_t n, T* a) {
+  NA_GRID_LOOP(i, n) { a[i] = density_alpha(t0[i], t1[i], sg[i]); }
+}
+
+template <typename T>
+__global__ void density_fwd_kernel(const T* t0, const T* t1, const T* sg, const T* a, const int64_t* pi,
+                                   int64_t n_rays, T* w, T* tr) {
+  NA_GRID_LOOP(r, n_rays) { render_density_fwd_ray(t0, t1, sg, a, w, tr, pi[2 * r], pi[2 * r + 1]); }
+}
+
+template <typename T>
+__global__ void density_bwd_elem_kernel(const T* ga, const T* t0, const T* t1, const T* sg, int64_t n, T* o0, T* o1,
+                                        T* os) {
+  NA_GRID_LOOP(i, n) { render_density_bwd_elem(ga, t0, t1, sg, o0, o1, os, i); }
+}
+
+template <typename T>
+__global__ void density_bwd_kernel(const T* gw, const T* gt, const T* ga, const T* t0, const T* t1, const T* sg,
+                                   const T* tr, const T* a, const int64_t* pi, int64_t n_rays, T* o0, T* o1, T* os) {
+  NA_GRID_LOOP(r, n_rays) {
+    render_density_bwd_ray(gw, gt, ga, t0, t1, sg, tr, a, o0, o1, os, pi[2 * r], pi[2 * r + 1]);
+  }
+}
+
+template <typename T>
+__global__ void alpha_fwd_kernel(const T* a, const int64_t* pi, int64_t n_rays, T* w, T* tr) {
+  NA_GRID_LOOP(r, n_rays) { render_alpha_fwd_ray(a, w, tr, pi[2 * r], pi[2 * r + 1]); }
+}
+
+template <typename T>
+__global__ void alpha_bwd_kernel(const T* gw, const T* gt, const T* a, const T* tr, const int64_t* pi, int64_t n_rays,
+                                 T* ga) {
+  NA_GRID_LOOP(r, n_rays) { render_alpha_bwd_ray(gw, gt, a, tr, ga, pi[2 * r], pi[2 * r + 1]); }
+}
+
+template <typename T>
+__global__ void accumulate_fwd_kernel(const T* w, const T* v, const int64_t* ri, int64_t n, int64_t dim,
+                                      int64_t n_rays, T* out) {
+  NA_GRID_LOOP(i, n) {
+    const int64_t r = ri[i];
+    if (r < 0 || r >= n_rays) continue;  // the Python layer validates ray indices
+    if (v == nullptr) {
+      atomicAdd(out + r, w[i]);
+    } else {
+      for (int64_t c = 0; c < dim; ++c) atomicAdd(out + r * dim + c, w[i] * v[i * dim + c]);
+    }
+  }
+}
+
+template <typename T>
+__global__ void accumulate_bwd_kernel(const T* go, const T* w, const T* v, const int64_t* ri, int64_t n, int64_t dim,
+                                      int64_t n_rays, T* gw, T* gv) {
+  NA_GRID_LOOP(i, n) {
+    const int64_t r = ri[i];
+    if (r < 0 || r >= n_rays) {
+      gw[i] = T(0);
+      for (int64_t c = 0; gv != nullptr && c < dim; ++c) gv[i * dim + c] = T(0);
+      continue;
+    }
+    if (v == nullptr) {
+      gw[i] = go[r];
+      continue;
+    }
+    T acc = T(0);
+    for (int64_t c = 0; c < dim; ++c) {
+      acc += go[r * dim + c] * v[i * dim + c];
+      gv[i * dim + c] = go[r * dim + c] * w[i];
+    }
+    gw[i] = acc;
+  }
+}
+
+template <typename T>
+__global__ void searchsorted_kernel(const T* s, const int64_t* spi, const T* q, const int64_t* qpi, int64_t n_rays,
+                                    int64_t total, int64_t* l, int64_t* rr) {
+  NA_GRID_LOOP(r, n_rays) {
+    const int64_t qs = qpi[2 * r], qn = qpi[2 * r + 1];
+    for (int64_t i = qs; i < qs + qn; ++i) searchsorted_one(s, spi[2 * r], spi[2 * r + 1], total, q[i], l[i], rr[i]);
+  }
+}
+
+template <typename T>
+__global__ void importance_kernel(const T* t, const T* c, const int64_t* pi, const int64_t* sp, const int64_t* ep,
+                                  const T* bias, int64_t n_rays, T* sm, T* ed) {
+  NA_GRID_LOOP(r, n_rays) {
+    importance_sample_ray(t, c, pi[2 * r], pi[2 * r + 1], sp[2 * r + 1], bias[r], sm, sp[2 * r], ed, ep[2 * r]);
+  }
+}
+
+template <typename T>
+__global__ void contract_kernel(const T* x, const T* aabb, const T* gy, int64_t n, bool linf, bool inverse, T* out) {
+  NA_GRID_LOOP(i, n) {
+    if (gy == nullptr) {
+      if (inverse) {
+        uncontract_point<T>(x + 3 * i, aabb, linf, out + 3 * i, nullptr, nullptr);
+      } else {
+        contract_point<T>(x + 3 * i, aabb, linf, out + 3 * i, nullptr, nullptr);
+      }
+    } else {
+      if (inverse) {
+        uncontract_point<T>(x + 3 * i, aabb, linf, nullptr, gy + 3 * i, out + 3 * i);
+      } else {
+        contract_point<T>(x + 3 * i, aabb, linf, nullptr, gy + 3 * i, out + 3 * i);
+      }
+    }
+  }
+}
+
+__device__ __forceinline__ void atomic_max(float* addr, float v) {
+  int* a = reinterpret_cast<int*>(addr);
+  int old = *a;
+  while (true) {
+    const float cur = __int_as_float(old);
+    const float next = nan_max(cur, v);
+    if (next == cur || (next != next && cur != cur)) return;
+    const int seen = atomicCAS(a, old, __float_as_int(next));
+    if (seen == old) return;
+    old = seen;
+  }
+}
+
+__device__ __forceinline__ void atomic_max(double* addr, double v) {
+  unsigned long long* a = reinterpret_cast<unsigned long long*>(addr);
+  unsigned long long old = *a;
+  while (true) {
+    const double cur = __longlong_as_double(static_cast<long long>(old));
+    const double next = nan_max(cur, v);
+    if (next == cur || (next != next && cur != cur)) return;
+    const unsigned long long seen =
+        atomicCAS(a, old, static_cast<unsigned long long>(__double_as_longlong(next)));
+    if (seen == old) return;
+    old = seen;
+  }
+}
+
+template <typename T>
+__global__ void ema_decay_kernel(const T* o, const int64_t* ids, int64_t k, int64_t c, T decay, T* out) {
+  NA_GRID_LOOP(i, k) {
+    const int64_t id = ids[i];
+    if (id >= 0 && id < c && o[id] >= T(0)) out[id] = o[id] * decay;  // same value from every duplicate
+  }
+}
+
+template <typename T>
+__global__ void ema_max_kernel(const T* o, const int64_t* ids, const T* v, int64_t k, int64_t c, T* out) {
+  NA_GRID_LOOP(i, k) {
+    const int64_t id = ids[i];
+    if (id >= 0 && id < c && o[id] >= T(0)) atomic_max(out + id, v[i]);
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Entry points: checks, allocation, launch
+// ---------------------------------------------------------------------------------------------
+Tensors3 ray_aabb_intersect(const Tensor& rays_o, const Tensor& rays_d, const Tensor& aabbs, double near_plane,
+                            double far_plane, double miss_value) {
+  check_rays(rays_o, rays_d);
+  check_aabbs(aabbs, rays_o);
+  const c10::cuda::CUDAGuard guard(rays_o.device());
+  const int64_t n = rays_o.size(0), m = aabbs.size(0);
+  auto t_mins = at::empty({n, m}, rays_o.options());
+  auto t_maxs = at::empty({n, m}, rays_o.options());
+  auto hits = at::empty({n, m}, rays_o.options().dtype(at::kBool));
+  AT_DISPATCH_FLOATING_TYPES(rays_o.scalar_type(), "ray_aabb_intersect", [&] {
+    NA_LAUNCH(ray_aabb_kernel<scalar_t>, n * m, rays_o.data_ptr<scalar_t>(), rays_d.data_ptr<scalar_t>(),
+              aabbs.data_ptr<scalar_t>(), n, m, static_cast<scalar_t>(near_plane), static_cast<scalar_t>(far_plane),
+              static_cast<scalar_t>(miss_value), t_mins.data_ptr<scalar_t>(), t_maxs.data_ptr<scalar_t>(),
+              hits.data_ptr<bool>());
+  });
+  return {t_mins, t_maxs, hits};
+}
+
+Tensors3 traverse_grids(const Tensor& rays_o, const Tensor& rays_d, const Tensor& binaries, const Tensor& aabbs,
+                        const Tensor& near_planes, const Tensor& far_planes, double step_size, double cone_angle) {
+  check_traverse(rays_o, rays_d, binaries, aabbs, near_planes, far_planes);
+  const c10::cuda::CUDAGuard guard(rays_o.device());
+  const int64_t n = rays_o.size(0);
+  const auto out_opts = rays_o.options();
+  if (n == 0 || binaries.numel() == 0) {
+    return {at::empty({0}, out_opts.dtype(at::kLong)), at::empty({0}, out_opts), at::empty({0}, out_opts)};
+  }
+  const auto o64 = rays_o.to(at::kDouble).contiguous();
+  const auto d64 = rays_d.to(at::kDouble).contiguous();
+  const auto b64 = aabbs.to(at::kDouble).contiguous();
+  const auto near64 = near_planes.to(at::kDouble).contiguous();
+  const auto far64 = far_planes.to(at::kDouble).contiguous();
+  GridStack grid{binaries.data_ptr<bool>(), b64.data_ptr<double>(), binaries.size(0), binaries.size(1),
+                 binaries.size(2), binaries.size(3)};
+  auto counts = at::empty({n}, out_opts.dtype(at::kLong));
+  NA_LAUNCH(traverse_count_kernel, n, o64.data_ptr<double>(), d64.data_ptr<double>(), near64.data_ptr<double>(),
+            far64.data_ptr<double>(), grid, step_size, cone_angle, n, counts.data_ptr<int64_t>());
+  const auto ends = counts.cumsum(0);
+  const int64_t total = ends[-1].item<int64_t>();
+  auto ray_indices = at::empty({total}, out_opts.dtype(at::kLong));
+  auto t_starts = at::empty({total}, out_opts);
+  auto t_ends = at::empty({total}, out_opts);
+  if (total > 0) {
+    AT_DISPATCH_FLOATING_TYPES(rays_o.scalar_type(), "traverse_grids", [&] {
+      NA_LAUNCH(traverse_fill_kernel<scalar_t>, n, o64.data_ptr<double>(), d64.data_ptr<double>(),
+                near64.data_ptr<double>(), far64.data_ptr<double>(), grid, step_size, cone_angle, n,
+                ends.data_ptr<int64_t>(), counts.data_ptr<int64_t>(), ray_indices.data_ptr<int64_t>(),
+                t_starts.data_ptr<scalar_t>(), t_ends.data_ptr<scalar_t>());
+    });
+  }
+  return {ray_indices, t_starts, t_ends};
+}
+
+Tensor scan_fwd(const Tensor& inputs, const Tensor& packed_info, bool prod, bool exclusive) {
+  check_scan(inputs, packed_info);
+  const c10::cuda::CUDAGuard guard(inputs.device());
+  auto out = at::zeros_like(inputs);
+  const int64_t n_rays = packed_info.size(0);
+  AT_DISPATCH_FLOATING_TYPES(inputs.scalar_type(), "scan_fwd", [&] {
+    NA_LAUNCH(scan_fwd_kernel<scalar_t>, n_rays, inputs.data_ptr<scalar_t>(), packed_info.data_ptr<int64_t>(), n_rays,
+              prod, exclusive, out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+Tensor scan_bwd(const Tensor& grad, const Tensor& inputs, const Tensor& outputs, const Tensor& packed_info, bool prod,
+                bool exclusive) {
+  check_scan(inputs, packed_info);
+  check_same_flat(grad, inputs, "grad", "inputs");
+  check_same_flat(outputs, inputs, "outputs", "inputs");
+  const c10::cuda::CUDAGuard guard(inputs.device());
+  auto gx = at::zeros_like(inputs);
+  const int64_t n_rays = packed_info.size(0);
+  AT_DISPATCH_FLOATING_TYPES(inputs.scalar_type(), "scan_bwd", [&] {
+    NA_LAUNCH(scan_bwd_kernel<scalar_t>, n_rays, grad.data_ptr<scalar_t>(), inputs.data_ptr<scalar_t>(),
+              outputs.data_ptr<scalar_t>(), packed_info.data_ptr<int64_t>(), n_rays, prod, exclusive,
+              gx.data_ptr<scalar_t>());
+  });
+  return gx;
+}
+
+Tensors3 render_density_fwd(const Tensor& t_starts, const Tensor& t_ends, const Tensor& sigmas,
+                            const Tensor& packed_info) {
+  check_density(t_starts, t_ends, sigmas, packed_info);
+  const c10::cuda::CUDAGuard guard(sigmas.device());
+  const int64_t n = sigmas.size(0), n_rays = packed_info.size(0);
+  auto weights = at::zeros_like(sigmas);
+  auto trans = at::zeros_like(sigmas);
+  auto alphas = at::empty_like(sigmas);
+  AT_DISPATCH_FLOATING_TYPES(sigmas.scalar_type(), "render_density_fwd", [&] {
+    const scalar_t* t0 = t_starts.data_ptr<scalar_t>();
+    const scalar_t* t1 = t_ends.data_ptr<scalar_t>();
+    const scalar_t* sg = sigmas.data_ptr<scalar_t>();
+    NA_LAUNCH(density_alpha_kernel<scalar_t>, n, t0, t1, sg, n, alphas.data_ptr<scalar_t>());
+    NA_LAUNCH(density_fwd_kernel<scalar_t>, n_rays, t0, t1, sg, alphas.data_ptr<scalar_t>(),
+              packed_info.data_ptr<int64_t>(), n_rays, weights.data_ptr<scalar_t>(), trans.data_ptr<scalar_t>());
+  });
+  return {weights, trans, alphas};
+}
+
+Tensors3 render_density_bwd(const Tensor& g_w, const Tensor& g_trans, const Tensor& g_alpha, const Tensor& t_starts,
+                            const Tensor& t_ends, const Tensor& sigmas, const Tensor& trans, const Tensor& alphas,
+                            const Tensor& packed_info) {
+  check_density(t_starts, t_ends, sigmas, packed_info);
+  check_same_flat(g_w, sigmas, "grad_weights", "sigmas");
+  check_same_flat(g_trans, sigmas, "grad_trans", "sigmas");
+  check_same_flat(g_alpha, sigmas, "grad_alphas", "sigmas");
+  check_same_flat(trans, sigmas, "trans", "sigmas");
+  check_same_flat(alphas, sigmas, "alphas", "sigmas");
+  const c10::cuda::CUDAGuard guard(sigmas.device());
+  const int64_t n = sigmas.size(0), n_rays = packed_info.size(0);
+  auto g_t0 = at::empty_like(sigmas);
+  auto g_t1 = at::empty_like(sigmas);
+  auto g_sg = at::empty_like(sigmas);
+  AT_DISPATCH_FLOATING_TYPES(sigmas.scalar_type(), "render_density_bwd", [&] {
+    const scalar_t* t0 = t_starts.data_ptr<scalar_t>();
+    const scalar_t* t1 = t_ends.data_ptr<scalar_t>();
+    const scalar_t* sg = sigmas.data_ptr<scalar_t>();
+    NA_LAUNCH(density_bwd_elem_kernel<scalar_t>, n, g_alpha.data_ptr<scalar_t>(), t0, t1, sg, n,
+              g_t0.data_ptr<scalar_t>(), g_t1.data_ptr<scalar_t>(), g_sg.data_ptr<scalar_t>());
+    NA_LAUNCH(density_bwd_kernel<scalar_t>, n_rays, g_w.data_ptr<scalar_t>(), g_trans.data_ptr<scalar_t>(),
+              g_alpha.data_ptr<scalar_t>(), t0, t1, sg, trans.data_ptr<scalar_t>(), alphas.data_ptr<scalar_t>(),
+              packed_info.data_ptr<int64_t>(), n_rays, g_t0.data_ptr<scalar_t>(), g_t1.data_ptr<scalar_t>(),
+              g_sg.data_ptr<scalar_t>());
+  });
+  return {g_t0, g_t1, g_sg};
+}
+
+Tensors2 render_alpha_fwd(const Tensor& alphas, const Tensor& packed_info) {
+  check_scan(alphas, packed_info);
+  const c10::cuda::CUDAGuard guard(alphas.device());
+  const int64_t n_rays = packed_info.size(0);
+  auto weights = at::zeros_like(alphas);
+  auto trans = at::zeros_like(alphas);
+  AT_DISPATCH_FLOATING_TYPES(alphas.scalar_type(), "render_alpha_fwd", [&] {
+    NA_LAUNCH(alpha_fwd_kernel<scalar_t>, n_rays, alphas.data_ptr<scalar_t>(), packed_info.data_ptr<int64_t>(),
+              n_rays, weights.data_ptr<scalar_t>(), trans.data_ptr<scalar_t>());
+  });
+  return {weights, trans};
+}
+
+Tensor render_alpha_bwd(const Tensor& g_w, const Tensor& g_trans, const Tensor& alphas, const Tensor& trans,
+                        const Tensor& packed_info) {
+  check_scan(alphas, packed_info);
+  check_same_flat(g_w, alphas, "grad_weights", "alphas");
+  check_same_flat(g_trans, alphas, "grad_trans", "alphas");
+  check_same_flat(trans, alphas, "trans", "alphas");
+  const c10::cuda::CUDAGuard guard(alphas.device());
+  const int64_t n_rays = packed_info.size(0);
+  auto g_a = at::zeros_like(alphas);
+  AT_DISPATCH_FLOATING_TYPES(alphas.scalar_type(), "render_alpha_bwd", [&] {
+    NA_LAUNCH(alpha_bwd_kernel<scalar_t>, n_rays, g_w.data_ptr<scalar_t>(), g_trans.data_ptr<scalar_t>(),
+              alphas.data_ptr<scalar_t>(), trans.data_ptr<scalar_t>(), packed_info.data_ptr<int64_t>(), n_rays,
+              g_a.data_ptr<scalar_t>());
+  });
+  return g_a;
+}
+
+Tensor accumulate_fwd(const Tensor& weights, const std::optional<Tensor>& values, const Tensor& ray_indices,
+                      int64_t n_rays) {
+  check_accumulate(weights, values, ray_indices, n_rays);
+  const c10::cuda::CUDAGuard guard(weights.device());
+  const int64_t n = weights.size(0);
+  const int64_t dim = values.has_value() ? values->size(1) : 1;
+  auto out = at::zeros({n_rays, dim}, weights.options());
+  AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), "accumulate_fwd", [&] {
+    NA_LAUNCH(accumulate_fwd_kernel<scalar_t>, n, weights.data_ptr<scalar_t>(),
+              values.has_value() ? values->data_ptr<scalar_t>() : nullptr, ray_indices.data_ptr<int64_t>(), n, dim,
+              n_rays, out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+Tensors2 accumulate_bwd(const Tensor& grad_out, const Tensor& weights, const std::optional<Tensor>& values,
+                        const Tensor& ray_indices) {
+  check_accumulate(weights, values, ray_indices, grad_out.size(0));
+  check_float(grad_out, "grad_out", weights.device());
+  check_same_dtype(grad_out, weights, "grad_out", "weights");
+  const c10::cuda::CUDAGuard guard(weights.device());
+  const int64_t n = weights.size(0);
+  auto g_w = at::empty_like(weights);
+  Tensor g_v = values.has_value() ? at::empty_like(*values) : at::empty({0}, weights.options());
+  AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), "accumulate_bwd", [&] {
+    NA_LAUNCH(accumulate_bwd_kernel<scalar_t>, n, grad_out.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>(),
+              values.has_value() ? values->data_ptr<scalar_t>() : nullptr, ray_indices.data_ptr<int64_t>(), n,
+              grad_out.size(1), grad_out.size(0), g_w.data_ptr<scalar_t>(),
+              values.has_value() ? g_v.data_ptr<scalar_t>() : nullptr);
+  });
+  return {g_w, g_v};
+}
+
+Tensors2 searchsorted(const Tensor& sorted_vals, const Tensor& sorted_packed_info, const Tensor& query_vals,
+                      const Tensor& query_packed_info) {
+  const auto dev = sorted_vals.device();
+  check_float(sorted_vals, "sorted_vals", dev);
+  check_dim(sorted_vals, "sorted_vals", 1);
+  check_float(query_vals, "query_vals", dev);
+  check_same_dtype(query_vals, sorted_vals, "query_vals", "sorted_vals");
+  check_dim(query_vals, "query_vals", 1);
+  check_packed_info(sorted_packed_info, "sorted_packed_info", dev);
+  check_packed_info(query_packed_info, "query_packed_info", dev);
+  check_shape(query_packed_info, "query_packed_info", sorted_packed_info.sizes());
+  const c10::cuda::CUDAGuard guard(dev);
+  auto left = at::zeros({query_vals.size(0)}, query_vals.options().dtype(at::kLong));
+  auto right = at::zeros({query_vals.size(0)}, query_vals.options().dtype(at::kLong));
+  const int64_t n_rays = sorted_packed_info.size(0);
+  AT_DISPATCH_FLOATING_TYPES(sorted_vals.scalar_type(), "searchsorted", [&] {
+    NA_LAUNCH(searchsorted_kernel<scalar_t>, n_rays, sorted_vals.data_ptr<scalar_t>(),
+              sorted_packed_info.data_ptr<int64_t>(), query_vals.data_ptr<scalar_t>(),
+              query_packed_info.data_ptr<int64_t>(), n_rays, sorted_vals.size(0), left.data_ptr<int64_t>(),
+              right.data_ptr<int64_t>());
+  });
+  return {left, right};
+}
+
+Tensors4 importance_sampling(const Tensor& edge_vals, const Tensor& cdfs, const Tensor& packed_info,
+                             const Tensor& n_per_ray, const Tensor& bias) {
+  const auto dev = edge_vals.device();
+  check_float(edge_vals, "edge_vals", dev);
+  check_dim(edge_vals, "edge_vals", 1);
+  check_same_flat(cdfs, edge_vals, "cdfs", "edge_vals");
+  check_packed_info(packed_info, "packed_info", dev);
+  const int64_t n_rays = packed_info.size(0);
+  check_long(n_per_ray, "n_per_ray", dev);
+  check_flat(n_per_ray, "n_per_ray", n_rays);
+  check_float(bias, "bias", dev);
+  check_flat(bias, "bias", n_rays);
+  const c10::cuda::CUDAGuard guard(dev);
+  const auto counts = packed_info.select(1, 1);
+  const auto n = at::where(counts > 0, n_per_ray, at::zeros_like(n_per_ray)).clamp_min(0);
+  const auto e_counts = at::where(n > 0, n + 1, at::zeros_like(n));
+  const auto s_packed = at::stack({n.cumsum(0) - n, n}, -1).contiguous();
+  const auto e_packed = at::stack({e_counts.cumsum(0) - e_counts, e_counts}, -1).contiguous();
+  const int64_t n_samples = n_rays > 0 ? n.sum().item<int64_t>() : 0;
+  const int64_t n_edges = n_rays > 0 ? e_counts.sum().item<int64_t>() : 0;
+  auto samples = at::empty({n_samples}, edge_vals.options());
+  auto edges = at::empty({n_edges}, edge_vals.options());
+  const auto bias_c = bias.to(edge_vals.scalar_type()).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(edge_vals.scalar_type(), "importance_sampling", [&] {
+    NA_LAUNCH(importance_kernel<scalar_t>, n_rays, edge_vals.data_ptr<scalar_t>(), cdfs.data_ptr<scalar_t>(),
+              packed_info.data_ptr<int64_t>(), s_packed.data_ptr<int64_t>(), e_packed.data_ptr<int64_t>(),
+              bias_c.data_ptr<scalar_t>(), n_rays, samples.data_ptr<scalar_t>(), edges.data_ptr<scalar_t>());
+  });
+  return {samples, s_packed, edges, e_packed};
+}
+
+Tensor contract_fwd(const Tensor& x, const Tensor& aabb, bool linf, bool inverse) {
+  check_points(x, aabb);
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto y = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "contract_fwd", [&] {
+    const scalar_t* no_grad = nullptr;
+    NA_LAUNCH(contract_kernel<scalar_t>, x.size(0), x.data_ptr<scalar_t>(), aabb.data_ptr<scalar_t>(), no_grad,
+              x.size(0), linf, inverse, y.data_ptr<scalar_t>());
+  });
+  return y;
+}
+
+Tensor contract_bwd(const Tensor& grad_out, const Tensor& x, const Tensor& aabb, bool linf, bool inverse) {
+  check_points(x, aabb);
+  check_float(grad_out, "grad_out", x.device());
+  check_shape(grad_out, "grad_out", x.sizes());
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto gx = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "contract_bwd", [&] {
+    NA_LAUNCH(contract_kernel<scalar_t>, x.size(0), x.data_ptr<scalar_t>(), aabb.data_ptr<scalar_t>(),
+              grad_out.data_ptr<scalar_t>(), x.size(0), linf, inverse, gx.data_ptr<scalar_t>());
+  });
+  return gx;
+}
+
+Tensor grid_ema_update(const Tensor& occs, const Tensor& cell_ids, const Tensor& values, double ema_decay) {
+  const auto dev = occs.device();
+  check_float(occs, "occs", dev);
+  check_dim(occs, "occs", 1);
+  check_long(cell_ids, "cell_ids", dev);
+  check_dim(cell_ids, "cell_ids", 1);
+  check_float(values, "values", dev);
+  check_flat(values, "values", cell_ids.size(0));
+  const c10::cuda::CUDAGuard guard(dev);
+  const auto vals = values.to(occs.scalar_type()).contiguous();
+  auto out = occs.clone();
+  const int64_t k = cell_ids.size(0), c = occs.size(0);
+  AT_DISPATCH_FLOATING_TYPES(occs.scalar_type(), "grid_ema_update", [&] {
+    NA_LAUNCH(ema_decay_kernel<scalar_t>, k, occs.data_ptr<scalar_t>(), cell_ids.data_ptr<int64_t>(), k, c,
+              static_cast<scalar_t>(ema_decay), out.data_ptr<scalar_t>());
+    NA_LAUNCH(ema_max_kernel<scalar_t>, k, occs.data_ptr<scalar_t>(), cell_ids.data_ptr<int64_t>(),
+              vals.data_ptr<scalar_t>(), k, c, out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+}  // namespace nerfaccel
