@@ -103,7 +103,6 @@ class Part:
     name: str
     prims: list[Primitive]
     pose: Callable[[float], Pose] = field(default=lambda t: (np.eye(3), np.zeros(3)))
-    moving: bool = False
 
 
 def _box(lo, hi, color: str, rot: np.ndarray | None = None) -> Primitive:
@@ -326,7 +325,7 @@ def build_parts(dynamic: bool) -> list[Part]:
     def car_pose(t: float) -> Pose:
         return np.eye(3), np.array([CAR_X0 + car_x(t), _gy(2), road_z])
 
-    parts.append(Part("car", _car(), car_pose, moving=dynamic))
+    parts.append(Part("car", _car(), car_pose))
 
     tower_top = BASE_TOP + 12 * PLATE_H
     hub = np.array([_gx(3.5), _gy(5) - 0.05, BASE_TOP + 15 * PLATE_H + 0.12])
@@ -338,7 +337,7 @@ def build_parts(dynamic: bool) -> list[Part]:
     def rotor_pose(t: float) -> Pose:
         return rot_y(-math.pi * t if dynamic else 0.3), hub
 
-    parts.append(Part("rotor", _rotor(), rotor_pose, moving=dynamic))
+    parts.append(Part("rotor", _rotor(), rotor_pose))
 
     def crane_pose(t: float) -> Pose:
         # swings over the fence and the road (never into the tree or the car)
@@ -346,7 +345,7 @@ def build_parts(dynamic: bool) -> list[Part]:
         lift = 0.12 * (1 - math.cos(2 * math.pi * t)) / 2 if dynamic else 0.0
         return rot_z(a), np.array([_gx(14), _gy(8), tower_top + lift])
 
-    parts.append(Part("crane", _crane_arm(), crane_pose, moving=dynamic))
+    parts.append(Part("crane", _crane_arm(), crane_pose))
     return parts
 
 
