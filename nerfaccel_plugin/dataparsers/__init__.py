@@ -15,3 +15,15 @@ __all__ = [
     "NerfaccelDNeRFDataParserConfig",
     "validate_blender_folder",
 ]
+
+from nerfstudio.plugins.registry_dataparser import DataParserSpecification  # noqa: E402
+
+nerfaccel_blender_dataparser = DataParserSpecification(
+    config=NerfaccelBlenderDataParserConfig(),
+    description="Blender-format folder with input checks; falls back to nerfaccel's embedded scene.",
+)
+nerfaccel_dnerf_dataparser = DataParserSpecification(
+    config=NerfaccelDNeRFDataParserConfig(),
+    description="D-NeRF-format folder with input checks; falls back to nerfaccel's embedded dynamic scene.",
+)
+__all__ += ["nerfaccel_blender_dataparser", "nerfaccel_dnerf_dataparser"]

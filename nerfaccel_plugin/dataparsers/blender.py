@@ -27,7 +27,7 @@ CONSOLE = Console(width=120)
 
 DEFAULT_BLENDER = Path("data/blender/lego")
 DEFAULT_DNERF = Path("data/dnerf/lego")
-_DATA_OPTION = "--pipeline.datamanager.dataparser.data"
+_DATA_OPTION = "--data"
 
 
 def _image_path(folder: Path, file_path: str) -> Path:
@@ -98,7 +98,7 @@ def _resolve(
         kind = "dynamic" if dynamic else "static"
         CONSOLE.print(
             f"[bold yellow]nerfaccel: {default} not found - using the embedded {kind} scene "
-            f"(pass {_DATA_OPTION} PATH for your own data).[/bold yellow]"
+            f"(pass --data PATH for your own data).[/bold yellow]"
         )
         return Path(get_scene(dynamic=dynamic, resolution=resolution, views=views))
     raise FileNotFoundError(f"Data folder {data} does not exist (set it with {_DATA_OPTION} PATH).")
@@ -127,6 +127,9 @@ def _generate(parser, base: type, split: str) -> DataparserOutputs:
     parser.data = folder
     cfg.data = folder
     outputs = base._generate_dataparser_outputs(parser, split=_split_with_fallback(folder, split))
+    cams = outputs.cameras
+    for name in ("fx", "fy", "cx", "cy"):  # numpy float64 intrinsics would make float64 camera paths (ns-render)
+        setattr(cams, name, getattr(cams, name).float())
     b = float(cfg.scene_bound)
     outputs.scene_box = SceneBox(aabb=torch.tensor([[-b, -b, -b], [b, b, b]], dtype=torch.float32))
     return outputs
