@@ -328,6 +328,8 @@ def compile_extension(kind: str, arch: str | None = None, force: bool = False, q
     try:
         if not force and _built_file(directory, name) is not None:
             return directory
+        if force and directory.exists():
+            shutil.rmtree(directory)  # ninja would otherwise consider the old objects up to date
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "COMPLETE").unlink(missing_ok=True)
         _run_build(kind, key, arch, directory, name, quiet)

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# CI for the compiled extensions; .ci/run calls it after installing the package into the venv whose
+# python is first on PATH.
+#  1. compile the CPU extension (system C++ compiler) from scratch into the extension cache and import it;
+#  2. test it against the pure-PyTorch reference (parity, gradcheck, opcheck, torch.compile, build machinery);
+#  3. compile + link the CUDA extension with nvcc for one architecture and import it (no GPU needed:
+#     importing only needs libcudart). Skipped with a notice when there is no nvcc / CUDA torch.
+# The builds go to the normal cache (~/.cache/nerfaccel/ext or $NERFACCEL_EXT_DIR), so the full test
+# run afterwards finds them. NERFACCEL_CI_FORCE=0 reuses cached builds instead of recompiling.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+stamp() { echo "[build_ext +$(( $(date +%s) - start ))s] $*"; }
+FORCE=()
+[ "${NERFACCEL_CI_FORCE:-1}" = "1" ] && FORCE=(--force)
+ARCH=${NERFACCEL_CI_CUDA_ARCH:-9.0}
+if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export CUDA_HOME=/usr/local/cuda
+fi
+
+stamp "CPU extension: compile + import"
+t=$(date +%s)
+python -m nerfaccel_plugin._ext.cli --cpu --import --quiet "${FORCE[@]}"
+cpu_s=$(( $(date +%s) - t ))
+
+stamp "CPU extension: tests against the PyTorch reference"
+NERFACCEL_REQUIRE_EXT=1 python -m pytest -q -p no:cacheprovider tests/test_ext.py tests/test_ext_build.py
+
+cuda_s=skipped
+if python -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" \
+   && { [ -n "${CUDA_HOME:-}" ] || command -v nvcc >/dev/null 2>&1; }; then
+  stamp "CUDA extension: compile + link for sm ${ARCH} + import"
+  t=$(date +%s)
+  python -m nerfaccel_plugin._ext.cli --cuda --arch "$ARCH" --import --quiet "${FORCE[@]}"
+  cuda_s=$(( $(date +%s) - t ))s
+else
+  echo "notice: no nvcc or a CPU-only torch: the CUDA extension build is skipped"
+fi
+stamp "done (CPU build ${cpu_s}s, CUDA build ${cuda_s})"
