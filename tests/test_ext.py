@@ -457,3 +457,20 @@ def test_torch_compile_smoke(cpp):
     ref = render(t0, t1, sigmas.detach(), rgb.detach())
     _close(out.detach(), ref)
     assert sigmas.grad is not None and rgb.grad is not None
+
+
+def test_double_backward(cpp):
+    """Second order goes through the reference (registered autograd of the backward ops)."""
+    packed_info, n = _packed([3, 0, 4], False)
+    x = torch.rand(n, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda a: cpp._exclusive_prod(a, packed_info), (x,))
+    t0 = torch.rand(n, dtype=torch.float64)
+    t1 = (t0 + 0.5).requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda b, c: cpp._render_weight_from_density(t0, b, c, packed_info), (t1, x))
+    assert torch.autograd.gradgradcheck(lambda a: cpp._render_weight_from_alpha(a, packed_info), (x * 0.5,))
+    ri = torch.tensor([0, 1, 1, 2, 0, 2, 2])
+    v = torch.rand(n, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda w, vv: cpp._accumulate_along_rays(w, vv, ri, 3), (x, v))
+    pts = (torch.randn(10, 3, dtype=torch.float64) * 2).requires_grad_()
+    aabb = torch.tensor([-1.0, -1, -1, 1, 1, 1], dtype=torch.float64)
+    assert torch.autograd.gradgradcheck(lambda a: cpp._contract(a, aabb, "l2"), (pts,))

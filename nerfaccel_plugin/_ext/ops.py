@@ -342,6 +342,103 @@ def _(occs, cell_ids, values, ema_decay):
 
 
 # ---------------------------------------------------------------------------------------------
+# Second order: the backward ops are differentiated through the PyTorch reference
+# ---------------------------------------------------------------------------------------------
+# Second derivatives are rare in NeRF training (gradient penalties, gradgradcheck), so rather than a
+# second set of kernels the backward ops get an autograd formula that recomputes the first-order
+# gradient with the reference implementation and differentiates it. Saved forward outputs passed to a
+# backward op get no gradient of their own: the recomputation already accounts for them.
+def _second_order(fn, diff, cots, hs):
+    """With ``u = J(diff)^T cots`` the first-order gradient of ``fn``, returns ``d<hs, u>`` w.r.t. cots and diff."""
+    with torch.enable_grad():
+        xs = [x.detach().requires_grad_() for x in diff]
+        cs = [c.detach().requires_grad_() for c in cots]
+        ys = fn(*xs)
+        ys = ys if isinstance(ys, tuple) else (ys,)
+        pairs = [(y, c) for y, c in zip(ys, cs, strict=True) if y.requires_grad]
+        us = torch.autograd.grad([y for y, _ in pairs], xs, [c for _, c in pairs], create_graph=True, allow_unused=True)
+        uh = [(u, h) for u, h in zip(us, hs, strict=True) if u is not None and h is not None and u.requires_grad]
+        if not uh:
+            return [None] * len(cs), [None] * len(xs)
+        gs = torch.autograd.grad([u for u, _ in uh], cs + xs, [h for _, h in uh], allow_unused=True)
+    return list(gs[: len(cs)]), list(gs[len(cs) :])
+
+
+def _save_all(ctx, inputs, output):
+    ctx.inputs = inputs
+
+
+def _ref():
+    from .. import _torch_impl
+
+    return _torch_impl
+
+
+_SCAN_NAMES = {
+    (False, False): "_inclusive_sum",
+    (False, True): "_exclusive_sum",
+    (True, False): "_inclusive_prod",
+    (True, True): "_exclusive_prod",
+}
+
+
+def _scan_bwd_bwd(ctx, h):
+    grad, x, _, packed_info, prod, exclusive = ctx.inputs
+    ref = getattr(_ref(), _SCAN_NAMES[(prod, exclusive)])
+    (g_grad,), (g_x,) = _second_order(lambda a: ref(a, packed_info), [x], [grad], [h])
+    return g_grad, g_x, None, None, None, None
+
+
+def _density_bwd_bwd(ctx, h0, h1, hs):
+    gw, gt, ga, t0, t1, sig, _, _, packed_info = ctx.inputs
+    g_cots, g_diff = _second_order(
+        lambda a, b, c: _ref()._render_weight_from_density(a, b, c, packed_info),
+        [t0, t1, sig],
+        [gw, gt, ga],
+        [h0, h1, hs],
+    )
+    return (*g_cots, *g_diff, None, None, None)
+
+
+def _alpha_bwd_bwd(ctx, h):
+    gw, gt, alphas, _, packed_info = ctx.inputs
+    g_cots, (g_a,) = _second_order(lambda a: _ref()._render_weight_from_alpha(a, packed_info), [alphas], [gw, gt], [h])
+    return (*g_cots, g_a, None, None)
+
+
+def _accumulate_bwd_bwd(ctx, h_w, h_v):
+    grad_out, weights, values, ray_indices = ctx.inputs
+    n_rays = grad_out.shape[0]
+    if values is None:
+        (g_out,), (g_w,) = _second_order(
+            lambda w: _ref()._accumulate_along_rays(w, None, ray_indices, n_rays), [weights], [grad_out], [h_w]
+        )
+        return g_out, g_w, None, None
+    (g_out,), (g_w, g_v) = _second_order(
+        lambda w, v: _ref()._accumulate_along_rays(w, v, ray_indices, n_rays),
+        [weights, values],
+        [grad_out],
+        [h_w, h_v],
+    )
+    return g_out, g_w, g_v, None
+
+
+def _contract_bwd_bwd(ctx, h):
+    grad, x, aabb, linf, inverse = ctx.inputs
+    ref = _ref()._uncontract if inverse else _ref()._contract
+    ord_ = "linf" if linf else "l2"
+    (g_grad,), (g_x,) = _second_order(lambda a: ref(a, aabb, ord_), [x], [grad], [h])
+    return g_grad, g_x, None, None, None
+
+
+scan_backward.register_autograd(_scan_bwd_bwd, setup_context=_save_all)
+render_weight_from_density_backward.register_autograd(_density_bwd_bwd, setup_context=_save_all)
+render_weight_from_alpha_backward.register_autograd(_alpha_bwd_bwd, setup_context=_save_all)
+accumulate_along_rays_backward.register_autograd(_accumulate_bwd_bwd, setup_context=_save_all)
+contract_backward.register_autograd(_contract_bwd_bwd, setup_context=_save_all)
+
+
+# ---------------------------------------------------------------------------------------------
 # Primitive-op backends (the signatures of nerfaccel_plugin._torch_impl)
 # ---------------------------------------------------------------------------------------------
 _HALF = (torch.float16, torch.bfloat16)
