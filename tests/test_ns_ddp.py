@@ -12,6 +12,12 @@ pytestmark = pytest.mark.slow
 
 
 def test_two_process_ddp_keeps_grids_equal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_ns_methods import keep_extension_cache
+
+    env: dict = {}
+    keep_extension_cache(env)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     from nerfaccel_plugin.method_configs.lego import nerfaccel_lego
 

@@ -102,7 +102,11 @@ def test_cli_bad_data_writes_nothing(tmp_path: Path) -> None:
     import sys
 
     (tmp_path / "nodata").mkdir()
-    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")
+    from test_ns_methods import keep_extension_cache
+
+    env = dict(os.environ)
+    keep_extension_cache(env)
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "ns-train"), "nerfaccel-lego", "--vis", "tensorboard",
          "--output-dir", str(tmp_path / "out"), "nerfaccel-blender-data", "--data", str(tmp_path / "nodata")],

@@ -45,11 +45,28 @@ TINY = [
 ]  # fmt: skip
 
 
+def keep_extension_cache(env: dict) -> None:
+    """Reuses the already-built nerfaccel extensions when the cache home is redirected to a temp dir.
+
+    Only points at the caller's extension cache when it exists (it is read, never built, from here).
+    """
+    if env.get("NERFACCEL_EXT_DIR"):
+        return
+    try:
+        from nerfaccel_plugin._ext.build import cache_root
+    except ImportError:
+        return
+    root = cache_root()
+    if root.is_dir():
+        env["NERFACCEL_EXT_DIR"] = str(root)
+
+
 @pytest.fixture(scope="session")
 def env(tmp_path_factory) -> dict:
     """Environment of the subprocesses: a private cache (the embedded scene goes there), no warnings."""
     cache = tmp_path_factory.mktemp("xdg-cache")
     e = dict(os.environ)
+    keep_extension_cache(e)
     e.update({"XDG_CACHE_HOME": str(cache), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "2"})
     return e
 
@@ -58,6 +75,8 @@ def env(tmp_path_factory) -> dict:
 def scenes(env) -> dict:
     """The embedded static and dynamic scenes, generated once into the private cache."""
     old = os.environ.get("XDG_CACHE_HOME")
+    if env.get("NERFACCEL_EXT_DIR"):
+        os.environ.setdefault("NERFACCEL_EXT_DIR", env["NERFACCEL_EXT_DIR"])
     os.environ["XDG_CACHE_HOME"] = env["XDG_CACHE_HOME"]
     try:
         from nerfaccel_plugin.scene import get_scene
@@ -129,18 +148,24 @@ def eval_and_render(config_path: Path, tmp: Path) -> None:
         assert video.is_file() and video.stat().st_size > 0
 
 
-def test_lego_cli_end_to_end(tmp_path: Path, env: dict, scenes: dict) -> None:
-    """ns-train (embedded fallback) -> checkpoint -> ns-eval -> ns-render -> --load-dir resume -> viewer."""
+@pytest.fixture(scope="module")
+def lego_run(tmp_path_factory, env: dict, scenes: dict) -> tuple[Path, str]:
+    """``ns-train nerfaccel-lego`` with no data argument (embedded-scene fallback), 30 iterations."""
+    tmp = tmp_path_factory.mktemp("lego")
     proc = run(
         "ns-train",
         ["nerfaccel-lego", *TINY, "--max-num-iterations", "30", "--steps-per-save", "30",
-         "--output-dir", tmp_path / "out",
+         "--output-dir", tmp / "out",
          "nerfaccel-blender-data", "--embedded-resolution", RES, "--embedded-views", VIEWS],
-        tmp_path, env,
+        tmp, env,
     )  # fmt: skip
-    text = proc.stdout + proc.stderr
-    assert "embedded" in text and "CPU" in text or torch.cuda.is_available()
-    config = find_config(tmp_path / "out", "nerfaccel-lego")
+    return find_config(tmp / "out", "nerfaccel-lego"), proc.stdout + proc.stderr
+
+
+def test_lego_cli_end_to_end(tmp_path: Path, env: dict, lego_run: tuple[Path, str]) -> None:
+    """ns-train (embedded fallback) -> checkpoint -> ns-eval -> ns-render -> --load-dir resume -> viewer."""
+    config, text = lego_run
+    assert ("embedded" in text and "CPU" in text) or torch.cuda.is_available()
     ckpt = latest_ckpt(config)
     assert ckpt.name == "step-000000029.ckpt"
     grid = grid_state(ckpt)
@@ -181,20 +206,9 @@ def test_lego_cli_end_to_end(tmp_path: Path, env: dict, scenes: dict) -> None:
 
 
 @pytest.mark.skipif(not HAS_FFMPEG, reason="ffmpeg not installed")
-def test_lego_render_interpolate_and_camera_path(tmp_path: Path, env: dict, scenes: dict) -> None:
+def test_lego_render_interpolate_and_camera_path(tmp_path: Path, scenes: dict, lego_run: tuple[Path, str]) -> None:
     """ns-render interpolate and camera-path write videos (in-process)."""
-    args = [
-        "nerfaccel-lego",
-        *TINY,
-        "--max-num-iterations",
-        "10",
-        "--steps-per-save",
-        "10",
-        "--output-dir",
-        tmp_path / "out",
-    ]
-    run("ns-train", [*args, "nerfaccel-blender-data", "--data", scenes["static"]], tmp_path, env)
-    config = find_config(tmp_path / "out", "nerfaccel-lego")
+    config = lego_run[0]
     from nerfstudio.scripts.render import RenderCameraPath, RenderInterpolated
 
     video = tmp_path / "interp.mp4"
