@@ -41,6 +41,13 @@ void parallel_blocks(int64_t n_blocks, bool parallel, F fn) {
   for (int64_t b = 0; b < n_blocks; ++b) fn(b);
 }
 
+// Whether the (non-overlapping) chunks cover all n elements.
+bool covers_all(const int64_t* pi, int64_t n_rays, int64_t n) {
+  int64_t total = 0;
+  for (int64_t r = 0; r < n_rays; ++r) total += pi[2 * r + 1];
+  return total == n;
+}
+
 }  // namespace
 
 Tensors3 ray_aabb_intersect(const Tensor& rays_o, const Tensor& rays_d, const Tensor& aabbs, double near_plane,
@@ -198,7 +205,8 @@ Tensors3 render_density_fwd(const Tensor& t_starts, const Tensor& t_ends, const 
     scalar_t* w = weights.data_ptr<scalar_t>();
     scalar_t* tr = trans.data_ptr<scalar_t>();
     scalar_t* a = alphas.data_ptr<scalar_t>();
-    parallel_elems(n, [&](int64_t i) { a[i] = density_alpha(t0[i], t1[i], sg[i]); });
+    // Samples outside every chunk still get their alpha; skipped when the chunks cover everything.
+    if (!covers_all(pi, n_rays, n)) parallel_elems(n, [&](int64_t i) { a[i] = density_alpha(t0[i], t1[i], sg[i]); });
     parallel_rays(n_rays, [&](int64_t r) { render_density_fwd_ray(t0, t1, sg, a, w, tr, pi[2 * r], pi[2 * r + 1]); });
   });
   return {weights, trans, alphas};
@@ -231,7 +239,9 @@ Tensors3 render_density_bwd(const Tensor& g_w, const Tensor& g_trans, const Tens
     scalar_t* o1 = g_t1.data_ptr<scalar_t>();
     scalar_t* os = g_sg.data_ptr<scalar_t>();
     // Elements outside every chunk only feed the alpha output; chunk elements are overwritten below.
-    parallel_elems(n, [&](int64_t i) { render_density_bwd_elem(ga, t0, t1, sg, o0, o1, os, i); });
+    if (!covers_all(pi, n_rays, n)) {
+      parallel_elems(n, [&](int64_t i) { render_density_bwd_elem(ga, t0, t1, sg, o0, o1, os, i); });
+    }
     parallel_rays(n_rays, [&](int64_t r) {
       render_density_bwd_ray(gw, gt, ga, t0, t1, sg, tr, a, o0, o1, os, pi[2 * r], pi[2 * r + 1]);
     });

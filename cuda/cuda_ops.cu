@@ -113,7 +113,7 @@ __global__ void density_alpha_kernel(const T* t0, const T* t1, const T* sg, int6
 }
 
 template <typename T>
-__global__ void density_fwd_kernel(const T* t0, const T* t1, const T* sg, const T* a, const int64_t* pi,
+__global__ void density_fwd_kernel(const T* t0, const T* t1, const T* sg, T* a, const int64_t* pi,
                                    int64_t n_rays, T* w, T* tr) {
   NA_GRID_LOOP(r, n_rays) { render_density_fwd_ray(t0, t1, sg, a, w, tr, pi[2 * r], pi[2 * r + 1]); }
 }

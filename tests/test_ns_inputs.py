@@ -78,6 +78,17 @@ def test_unreadable_image(scene: Path, tmp_path: Path) -> None:
     image.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     with pytest.raises(ValueError, match=f"{image.name}.*unreadable"):
         validate_blender_folder(data)
+    with pytest.raises(ValueError, match=f"{image.name}.*unreadable"):
+        NerfaccelBlenderDataParserConfig(data=data)
+
+
+def test_truncated_image_caught_when_parsing(scene: Path, tmp_path: Path) -> None:
+    data = copy_scene(scene, tmp_path)
+    frame = json.loads((data / "transforms_train.json").read_text())["frames"][2]
+    image = data / (frame["file_path"].replace("./", "", 1) + ".png")
+    image.write_bytes(image.read_bytes()[:-40])
+    with pytest.raises((ValueError, OSError), match=image.name):
+        validate_blender_folder(data, check_images="full")
 
 
 def test_dnerf_needs_time(scene: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
@@ -35,13 +35,16 @@ def _image_path(folder: Path, file_path: str) -> Path:
     return folder / (rel if rel.suffix.lower() in (".png", ".jpg", ".jpeg") else rel.with_name(rel.name + ".png"))
 
 
-def validate_blender_folder(folder: Path, need_time: bool = False, check_images: bool = True) -> None:
+def validate_blender_folder(
+    folder: Path, need_time: bool = False, check_images: Literal["full", "header", "none"] = "full"
+) -> None:
     """Checks a Blender / D-NeRF folder before anything is loaded or written.
 
     Args:
         folder: Folder with ``transforms_train.json`` (and optionally ``_val`` / ``_test``).
         need_time: Require a ``time`` on every frame (D-NeRF).
-        check_images: Open every referenced image (header and data) to catch missing or corrupt files.
+        check_images: ``"full"`` decodes every referenced image (catches truncated files), ``"header"`` only
+            checks that each exists and has a readable image header (fast), ``"none"`` skips images.
 
     Raises:
         FileNotFoundError: The folder, its ``transforms_train.json`` or an image is missing.
@@ -70,14 +73,15 @@ def validate_blender_folder(folder: Path, need_time: bool = False, check_images:
                 raise ValueError(f"{path}: frame {i} needs `file_path` and `transform_matrix`.")
             if need_time and "time" not in frame:
                 raise ValueError(f"{path}: frame {i} has no `time` (needed for dynamic scenes).")
-            if not check_images:
+            if check_images == "none":
                 continue
             image = _image_path(folder, frame["file_path"])
             if not image.is_file():
                 raise FileNotFoundError(f"Image {image} (frame {i} of {path}) is missing.")
             try:
                 with Image.open(image) as img:
-                    img.load()
+                    if check_images == "full":
+                        img.load()
             except Exception as err:  # PIL raises many types for corrupt files
                 raise ValueError(f"Image {image} (frame {i} of {path}) is unreadable: {err}") from err
 
@@ -156,8 +160,8 @@ class NerfaccelBlenderDataParserConfig(BlenderDataParserConfig):
 
     def __post_init__(self) -> None:
         _check_box(self.scene_bound)
-        if Path(self.data) != DEFAULT_BLENDER or Path(self.data).exists():
-            validate_blender_folder(Path(self.data), need_time=False)
+        if Path(self.data) != DEFAULT_BLENDER:  # cheap checks at the command line; full decode when parsing
+            validate_blender_folder(Path(self.data), need_time=False, check_images="header")
 
 
 class NerfaccelBlenderDataParser(BlenderDataParser):
@@ -191,8 +195,8 @@ class NerfaccelDNeRFDataParserConfig(DNeRFDataParserConfig):
 
     def __post_init__(self) -> None:
         _check_box(self.scene_bound)
-        if Path(self.data) != DEFAULT_DNERF or Path(self.data).exists():
-            validate_blender_folder(Path(self.data), need_time=True)
+        if Path(self.data) != DEFAULT_DNERF:
+            validate_blender_folder(Path(self.data), need_time=True, check_images="header")
 
 
 class NerfaccelDNeRFDataParser(DNeRFDataParser):

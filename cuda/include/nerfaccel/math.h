@@ -235,16 +235,20 @@ NA_HD T density_alpha(T t0, T t1, T sigma) {
   return T(1) - na_exp(-(sigma * (t1 - t0)));
 }
 
-// Forward from densities: T_i = exp(-sum_{j<i} tau_j), w_i = T_i * alpha_i (alphas precomputed).
+// Forward from densities, one fused pass: tau_i = sigma_i dt_i, alpha_i = 1 - exp(-tau_i),
+// T_i = exp(-sum_{j<i} tau_j), w_i = T_i * alpha_i.
 template <typename T>
-NA_HD void render_density_fwd_ray(const T* t0, const T* t1, const T* sigma, const T* alpha, T* w, T* trans, index_t s,
+NA_HD void render_density_fwd_ray(const T* t0, const T* t1, const T* sigma, T* alpha, T* w, T* trans, index_t s,
                                   index_t n) {
   T acc = T(0);
   for (index_t i = s; i < s + n; ++i) {
+    const T tau = sigma[i] * (t1[i] - t0[i]);
+    const T a = T(1) - na_exp(-tau);
     const T tr = na_exp(-acc);
+    alpha[i] = a;
     trans[i] = tr;
-    w[i] = tr * alpha[i];
-    acc += sigma[i] * (t1[i] - t0[i]);
+    w[i] = tr * a;
+    acc += tau;
   }
 }
 
