@@ -15,6 +15,22 @@ ON_GPU = default_device_type() == "cuda"
 """Whether the configs are built for a GPU; without one every method picks the CPU and CPU-sized batches."""
 
 
+CPU_HASH_GRID = {"num_levels": 8, "max_res": 512, "log2_hashmap_size": 17}
+"""Hash grid on the CPU: Nerfstudio's torch ``HashEncoding`` is ~5x faster with these than with the GPU
+defaults (16 levels, 2048, 2^19; measured on 2 cores), which matters more there than the finest detail."""
+
+
+def apply_cpu_defaults(model: NerfaccelModelConfig) -> None:
+    """CPU-sized model defaults: a 64^3 occupancy grid, 256 marching steps across the scene box, a smaller
+    hash grid (:data:`CPU_HASH_GRID`) and 4096-ray render chunks. Command-line options still override them."""
+    model.eval_num_rays_per_chunk = 4096
+    model.samples_per_diagonal = min(model.samples_per_diagonal, 256)
+    model.grid_resolution = min(model.grid_resolution, 64)
+    if model.field_type in ("hash", "time-hash"):
+        for key, value in CPU_HASH_GRID.items():
+            setattr(model, key, min(getattr(model, key), value))
+
+
 def make_trainer_config(
     method_name: str,
     dataparser: DataParserConfig,
@@ -36,7 +52,7 @@ def make_trainer_config(
         dataparser: Dataparser config.
         model: Model config.
         gpu_steps: Training iterations on a GPU.
-        cpu_steps: Training iterations on the CPU (short: a CPU is ~100x slower).
+        cpu_steps: Training iterations on the CPU (a few minutes on 2 cores).
         lr: Initial Adam learning rate (warmed up linearly over 100 steps).
         lr_final: Learning rate reached at the last step (exponential decay).
         eps: Adam epsilon (1e-15 as instant-ngp for hash grids).
@@ -51,8 +67,7 @@ def make_trainer_config(
     steps = gpu_steps if ON_GPU else cpu_steps
     target = gpu_target_samples if ON_GPU else cpu_target_samples
     if not ON_GPU:
-        model.eval_num_rays_per_chunk = 4096
-        model.samples_per_diagonal = min(model.samples_per_diagonal, 256)
+        apply_cpu_defaults(model)
 
     def group() -> dict:
         return {

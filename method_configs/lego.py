@@ -22,7 +22,7 @@ nerfaccel_lego = MethodSpecification(
             background_color="random",
         ),
         gpu_steps=20000,
-        cpu_steps=2000,
+        cpu_steps=4000,
         lr=1e-2,
         lr_final=3e-4,
     ),

@@ -24,7 +24,7 @@ nerfaccel_ngp = MethodSpecification(
             appearance_embedding_dim=0,
         ),
         gpu_steps=20000,
-        cpu_steps=2000,
+        cpu_steps=4000,
         lr=1e-2,
         lr_final=3e-4,
         weight_decay=1e-6,
