@@ -332,24 +332,7 @@ Tensors2 accumulate_bwd(const Tensor& grad_out, const Tensor& weights, const std
     const scalar_t* v = values.has_value() ? values->data_ptr<scalar_t>() : nullptr;
     scalar_t* gw = g_w.data_ptr<scalar_t>();
     scalar_t* gv = values.has_value() ? g_v.data_ptr<scalar_t>() : nullptr;
-    parallel_elems(n, [&](int64_t i) {
-      const int64_t r = ri[i];
-      if (r < 0 || r >= n_rays) {
-        gw[i] = scalar_t(0);
-        for (int64_t c = 0; gv != nullptr && c < dim; ++c) gv[i * dim + c] = scalar_t(0);
-        return;
-      }
-      if (v == nullptr) {
-        gw[i] = go[r];
-        return;
-      }
-      scalar_t acc = scalar_t(0);
-      for (int64_t c = 0; c < dim; ++c) {
-        acc += go[r * dim + c] * v[i * dim + c];
-        gv[i * dim + c] = go[r * dim + c] * w[i];
-      }
-      gw[i] = acc;
-    });
+    parallel_elems(n, [&](int64_t i) { accumulate_bwd_elem(go, w, v, ri, i, dim, n_rays, gw, gv); });
   });
   return {g_w, g_v};
 }

@@ -160,24 +160,7 @@ __global__ void accumulate_fwd_kernel(const T* w, const T* v, const int64_t* ri,
 template <typename T>
 __global__ void accumulate_bwd_kernel(const T* go, const T* w, const T* v, const int64_t* ri, int64_t n, int64_t dim,
                                       int64_t n_rays, T* gw, T* gv) {
-  NA_GRID_LOOP(i, n) {
-    const int64_t r = ri[i];
-    if (r < 0 || r >= n_rays) {
-      gw[i] = T(0);
-      for (int64_t c = 0; gv != nullptr && c < dim; ++c) gv[i * dim + c] = T(0);
-      continue;
-    }
-    if (v == nullptr) {
-      gw[i] = go[r];
-      continue;
-    }
-    T acc = T(0);
-    for (int64_t c = 0; c < dim; ++c) {
-      acc += go[r * dim + c] * v[i * dim + c];
-      gv[i * dim + c] = go[r * dim + c] * w[i];
-    }
-    gw[i] = acc;
-  }
+  NA_GRID_LOOP(i, n) { accumulate_bwd_elem(go, w, v, ri, i, dim, n_rays, gw, gv); }
 }
 
 template <typename T>

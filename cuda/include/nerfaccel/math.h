@@ -442,4 +442,27 @@ NA_HD void uncontract_point(const T* y, const T* aabb, bool linf, T* x, const T*
   }
 }
 
+// Accumulation backward for one sample i of out[r] += w[i] * v[i] (or += w[i] without values):
+// gw[i] = <go[r], v[i]>, gv[i] = go[r] * w[i]; samples whose ray is outside [0, n_rays) get zeros.
+template <typename T>
+NA_HD void accumulate_bwd_elem(const T* go, const T* w, const T* v, const int64_t* ri, index_t i, int64_t dim,
+                               int64_t n_rays, T* gw, T* gv) {
+  const int64_t r = ri[i];
+  if (r < 0 || r >= n_rays) {
+    gw[i] = T(0);
+    for (int64_t c = 0; gv != nullptr && c < dim; ++c) gv[i * dim + c] = T(0);
+    return;
+  }
+  if (v == nullptr) {
+    gw[i] = go[r];
+    return;
+  }
+  T acc = T(0);
+  for (int64_t c = 0; c < dim; ++c) {
+    acc += go[r * dim + c] * v[i * dim + c];
+    gv[i * dim + c] = go[r * dim + c] * w[i];
+  }
+  gw[i] = acc;
+}
+
 }  // namespace nerfaccel
