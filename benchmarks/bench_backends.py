@@ -117,9 +117,7 @@ def build_cases(n_rays: int, spp: int, res: int, device: str, args) -> tuple[dic
     )  # fmt: skip
     step, cone = args.step, args.cone
     recipes = {
-        "traverse_grids": lambda m: lambda: m._traverse_grids(
-            rays_o, rays_d, binaries, aabbs, near, far, step, cone
-        ),
+        "traverse_grids": lambda m: lambda: m._traverse_grids(rays_o, rays_d, binaries, aabbs, near, far, step, cone),
         "render_weight_from_density fwd": lambda m: lambda: m._render_weight_from_density(t0, t1, sigmas, packed_info),
         "render_weight_from_density fwd+bwd": lambda m: _fwd_bwd(
             lambda s: m._render_weight_from_density(t0, t1, s, packed_info), [sigmas]

@@ -41,10 +41,13 @@ DEFAULT_DATA = {
 
 
 def _commit() -> str:
+    """Short hash of HEAD, with ``-dirty`` when tracked files have uncommitted changes."""
     try:
-        return subprocess.run(
+        head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
         ).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO).returncode != 0
+        return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -148,6 +151,51 @@ def run(cfg, times: list[float], label: str) -> list[dict]:
     return rows
 
 
+def time_to_psnr(rows: list[dict], target: float) -> float | None:
+    """Training seconds at the first evaluation that reached ``target`` dB (``None`` if none did).
+
+    An upper bound at the resolution of the evaluation times; pass more ``--times`` for a finer estimate.
+    """
+    for row in rows:
+        if row["psnr"] >= target:
+            return row["train_seconds"]
+    return None
+
+
+def markdown(result: dict) -> str:
+    """The result as a markdown table with its machine, date and commit."""
+    m = result["machine"]
+    device = m.get("gpu") or f"CPU ({m['cpu_count']} logical cores, {m['cpu_threads']} torch threads)"
+    lines = [
+        f"# {result['method']} on {result['data']}",
+        "",
+        f"- device: {device}; {m['platform']}; torch {m['torch']}",
+        f"- date: {result['date']}",
+        f"- commit: {result['commit']}",
+        "",
+        "| method | train s | steps | test PSNR | SSIM | GPU peak GiB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        mem = r.get("gpu_peak_mem_gib", "-")
+        lines.append(
+            f"| {r['method']} | {r['train_seconds']} | {r['steps']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {mem} |"
+        )
+    lines.append("")
+    for name, sec in result["seconds_to_psnr_target"].items():
+        if sec is None:
+            lines.append(f"- {name}: {result['psnr_target']} dB not reached at any evaluation")
+        else:
+            lines.append(f"- {name}: first evaluation at >= {result['psnr_target']} dB after {sec} s of training")
+    ours, theirs = (
+        result["seconds_to_psnr_target"].get(result["method"]),
+        result["seconds_to_psnr_target"].get("instant-ngp"),
+    )
+    if ours and theirs:
+        lines.append(f"- time to {result['psnr_target']} dB: instant-ngp / {result['method']} = {theirs / ours:.2f}x")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", default="nerfaccel-lego")
@@ -156,21 +204,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--times", type=float, nargs="+", default=[60, 120, 300], help="training seconds")
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                         help="also run Nerfstudio's instant-ngp (GPU only)")  # fmt: skip
+    parser.add_argument("--psnr-target", type=float, default=None,
+                        help="report the time to reach this PSNR (default 33 dB, 25 dB with --embedded)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--tag", default=None, help="name of the result file")
     args = parser.parse_args(argv)
+    if args.psnr_target is None:
+        args.psnr_target = 25.0 if args.embedded else 33.0
 
     data = args.data or DEFAULT_DATA.get(args.method)
     if not args.embedded and (data is None or not Path(data).exists()):
         print(f"data folder {data} not found; pass --data PATH or --embedded", file=sys.stderr)
         return 2
     work = Path(os.environ.get("TMPDIR", "/tmp")) / "nerfaccel-bench"
-    rows = run(_nerfaccel_config(args.method, data, args.embedded, work), args.times, args.method)
+    times = sorted(set(args.times))
+    rows = run(_nerfaccel_config(args.method, data, args.embedded, work), times, args.method)
+    summary = {args.method: time_to_psnr(rows, args.psnr_target)}
     if args.baseline and torch.cuda.is_available() and not args.embedded and args.method != "nerfaccel-dnerf":
-        base = run(_ngp_config(Path(data), work), args.times, "instant-ngp")
+        base = run(_ngp_config(Path(data), work), times, "instant-ngp")
         for ours, theirs in zip(rows, base, strict=True):
             ours["psnr_minus_instant_ngp"] = round(ours["psnr"] - theirs["psnr"], 3)
         rows += base
+        summary["instant-ngp"] = time_to_psnr(base, args.psnr_target)
     result = {
         "benchmark": "bench_train",
         "method": args.method,
@@ -178,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": _commit(),
         "machine": _machine(),
+        "psnr_target": args.psnr_target,
+        "seconds_to_psnr_target": summary,
         "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -185,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     tag = args.tag or f"train-{args.method}-{'embedded' if args.embedded else Path(data).name}-{device}"
     path = args.out / f"{tag}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    table = markdown(result)
+    path.with_suffix(".md").write_text(table)
+    print(table)
+    print(f"wrote {path} and {path.with_suffix('.md')}")
     return 0
 
 
