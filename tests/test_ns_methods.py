@@ -132,6 +132,41 @@ def viewer_render(config_path: Path) -> tuple[torch.Tensor, object]:
     return outputs["rgb"], model
 
 
+def resume(config_path: Path, tmp: Path, extra_steps: int):
+    """What ``ns-train <method> --load-dir <run>/nerfstudio_models`` does, in-process.
+
+    Checks that the resumed pipeline holds exactly the checkpoint's state (weights, occupancy grid,
+    estimator buffers) before training on, then trains ``extra_steps`` more and checks the new checkpoint.
+    """
+    import yaml
+
+    ckpt = latest_ckpt(config_path)
+    saved = torch.load(ckpt, map_location="cpu")  # default weights_only: must load safely
+    cfg = yaml.load(config_path.read_text(), Loader=yaml.Loader)
+    cfg.load_dir = ckpt.parent
+    cfg.max_num_iterations = extra_steps  # Nerfstudio counts iterations from the resumed step
+    cfg.steps_per_save = 1000
+    cfg.output_dir = tmp / "resumed"
+    cfg.set_timestamp()
+    trainer = cfg.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    assert trainer._start_step == saved["step"] + 1
+    state = trainer.pipeline.state_dict()
+    for key, value in saved["pipeline"].items():
+        key = key.removeprefix("module.")
+        assert key in state, f"{key} missing after resume"
+        if torch.is_tensor(value):
+            assert torch.equal(state[key].cpu(), value), f"{key} differs after resume"
+    grid = {k: v.clone() for k, v in state.items() if k.endswith(("occupancy_grid.binaries", "occupancy_grid.occs"))}
+    trainer.train()
+    resumed = sorted(cfg.get_checkpoint_dir().glob("step-*.ckpt"))
+    assert resumed and resumed[-1].name == f"step-{saved['step'] + extra_steps:09d}.ckpt"
+    if grid:  # the grid kept being updated from the resumed state, not from scratch
+        after = torch.load(resumed[-1], map_location="cpu")["pipeline"]
+        assert any(not torch.equal(after[k], v) for k, v in grid.items() if k in after)
+    return trainer
+
+
 def eval_and_render(config_path: Path, tmp: Path) -> None:
     """What ``ns-eval`` and ``ns-render spiral`` do, in-process."""
     from nerfstudio.scripts.eval import ComputePSNR
@@ -181,23 +216,8 @@ def test_lego_cli_end_to_end(tmp_path: Path, env: dict, lego_run: tuple[Path, st
                           "--frame-rate", "2"], tmp_path, env)  # fmt: skip
         assert video.is_file() and video.stat().st_size > 0
 
-    # Resume: the grid of the new run starts from the checkpoint's grid.
-    import yaml
-
-    cfg = yaml.load(config.read_text(), Loader=yaml.Loader)
-    cfg.load_dir = ckpt.parent
-    cfg.max_num_iterations = 6  # Nerfstudio counts iterations from the resumed step
-    cfg.steps_per_save = 100
-    cfg.output_dir = tmp_path / "resumed"
-    cfg.set_timestamp()
-    trainer = cfg.setup(local_rank=0, world_size=1)
-    trainer.setup()
-    model = trainer.pipeline.model
-    assert torch.equal(model.occupancy_grid.binaries.cpu(), grid[[k for k in grid if k.endswith("binaries")][0]])
-    assert trainer._start_step == 30
-    trainer.train()
-    resumed = sorted((cfg.get_checkpoint_dir()).glob("step-*.ckpt"))
-    assert resumed and resumed[-1].name == "step-000000035.ckpt"
+    # Resume: the new run starts from the checkpoint's step, grid and weights (checked inside).
+    resume(config, tmp_path, extra_steps=6)
 
     # Viewer render path on the original checkpoint: a trained grid, not a blank one, and an image.
     rgb, vmodel = viewer_render(config)
@@ -266,12 +286,13 @@ METHODS = {
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_method_train_eval_render_viewer(method: str, tmp_path: Path, env: dict, scenes: dict) -> None:
-    """Each other method: ns-train -> checkpoint -> eval -> spiral video -> viewer image."""
+    """Each other method: ns-train -> checkpoint -> eval -> spiral video -> resume -> viewer image."""
     parser, scene, extra = METHODS[method]
     run("ns-train", [method, *TINY, *extra, "--max-num-iterations", "20", "--steps-per-save", "20",
                      "--output-dir", tmp_path / "out", parser, "--data", scenes[scene]], tmp_path, env)  # fmt: skip
     config = find_config(tmp_path / "out", method)
     assert latest_ckpt(config).name == "step-000000019.ckpt"
     eval_and_render(config, tmp_path)
+    resume(config, tmp_path, extra_steps=4)
     rgb, _ = viewer_render(config)
     assert rgb.shape == (RES, RES, 3) and bool(torch.isfinite(rgb).all())
