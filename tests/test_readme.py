@@ -21,10 +21,19 @@ def test_readme_test_command_is_what_ci_runs():
     assert re.search(r"^python -m pytest", ci, flags=re.M)
 
 
-def test_example_in_readme_runs():
-    readme = _readme()
-    if "python -m nerfaccel_plugin.examples.train_sphere" not in readme:
-        return  # the README's main job is ns-train now; the methods tests cover it
+def test_main_job_is_what_the_methods_test_runs():
+    """The README's main job is ``ns-train nerfaccel-lego`` with no arguments; the methods test runs exactly that
+    (no data argument, so the embedded-scene fallback of a fresh machine) plus size overrides."""
+    block = _readme().split("<!-- MAIN-JOB -->", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    command = block.strip().split("#", 1)[0].strip()
+    assert command == "ns-train nerfaccel-lego"
+    methods_test = (REPO_ROOT / "tests" / "test_ns_methods.py").read_text()
+    lego_run = methods_test.split("def lego_run(", 1)[1].split("\ndef ", 1)[0]
+    assert '"ns-train"' in lego_run and '["nerfaccel-lego", *TINY' in lego_run and "--data" not in lego_run
+
+
+def test_library_example_runs():
+    """``python -m nerfaccel_plugin.examples.train_sphere``: the library alone trains a field on the CPU."""
     out = subprocess.run(
         [sys.executable, "-m", "nerfaccel_plugin.examples.train_sphere", "--steps", "60", "--rays", "256"],
         capture_output=True,
