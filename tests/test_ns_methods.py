@@ -225,6 +225,44 @@ def test_lego_cli_end_to_end(tmp_path: Path, env: dict, lego_run: tuple[Path, st
     assert rgb.shape == (RES, RES, 3) and bool(torch.isfinite(rgb).all())
 
 
+def test_ns_viewer_loads_the_checkpoint(tmp_path: Path, env: dict, lego_run: tuple[Path, str]) -> None:
+    """``ns-viewer --load-config`` starts, loads the trained checkpoint and serves (then it is stopped)."""
+    import socket
+    import threading
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [str(BIN / "ns-viewer"), "--load-config", str(lego_run[0]), "--viewer.websocket-port", str(port)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    watchdog = threading.Timer(300, proc.kill)  # readline would block forever on a silent hang
+    watchdog.start()
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+            lines.append(line)
+            if f"ws://0.0.0.0:{port}" in line or f"ws://127.0.0.1:{port}" in line:
+                break
+    finally:
+        watchdog.cancel()
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    text = "".join(lines)
+    assert "Traceback" not in text, text[-4000:]
+    assert "Done loading checkpoint" in text and "step-000000029.ckpt" in text.replace("\n", ""), text[-4000:]
+    assert str(port) in text, f"the viewer never started serving:\n{text[-4000:]}"
+
+
 @pytest.mark.skipif(not HAS_FFMPEG, reason="ffmpeg not installed")
 def test_lego_render_interpolate_and_camera_path(tmp_path: Path, scenes: dict, lego_run: tuple[Path, str]) -> None:
     """ns-render interpolate and camera-path write videos (in-process)."""
