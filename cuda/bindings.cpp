@@ -42,4 +42,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("contract_fwd", &na::contract_fwd);
   m.def("contract_bwd", &na::contract_bwd);
   m.def("grid_ema_update", &na::grid_ema_update);
+#ifndef NERFACCEL_WITH_CUDA
+  m.def("hash_encode_fwd", &na::hash_encode_fwd);  // CPU build only (CUDA uses tiny-cuda-nn or torch)
+  m.def("hash_encode_bwd", &na::hash_encode_bwd);
+#endif
 }

@@ -479,4 +479,62 @@ Tensor grid_ema_update(const Tensor& occs, const Tensor& cell_ids, const Tensor&
   return out;
 }
 
+Tensor hash_encode_fwd(const Tensor& x, const Tensor& table, const Tensor& scales, int64_t table_size) {
+  check_hash(x, table, scales, table_size);
+  const int64_t n = x.size(0), levels = scales.size(0), F = table.size(1);
+  auto out = at::empty({n, levels * F}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hash_encode_fwd", [&] {
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    const scalar_t* tb = table.data_ptr<scalar_t>();
+    const scalar_t* sc = scales.data_ptr<scalar_t>();
+    scalar_t* po = out.data_ptr<scalar_t>();
+    parallel_rays(n, [&](int64_t i) {
+      for (int64_t l = 0; l < levels; ++l) {
+        hash_encode_fwd_level(px + 3 * i, sc[l], tb, table_size, l, F, po + (i * levels + l) * F);
+      }
+    });
+  });
+  return out;
+}
+
+Tensors2 hash_encode_bwd(const Tensor& grad_out, const Tensor& x, const Tensor& table, const Tensor& scales,
+                         int64_t table_size, bool need_x_grad) {
+  check_hash(x, table, scales, table_size);
+  const int64_t n = x.size(0), levels = scales.size(0), F = table.size(1);
+  check_float(grad_out, "grad_out", x.device());
+  check_same_dtype(grad_out, x, "grad_out", "x");
+  TORCH_CHECK(grad_out.dim() == 2 && grad_out.size(0) == n && grad_out.size(1) == levels * F,
+              "nerfaccel: `grad_out` must have shape [", n, ", ", levels * F, "], got ", grad_out.sizes());
+  auto g_table = at::zeros_like(table);
+  Tensor g_x = need_x_grad ? at::zeros_like(x) : at::empty({0}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hash_encode_bwd", [&] {
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    const scalar_t* tb = table.data_ptr<scalar_t>();
+    const scalar_t* sc = scales.data_ptr<scalar_t>();
+    const scalar_t* go = grad_out.data_ptr<scalar_t>();
+    scalar_t* gt = g_table.data_ptr<scalar_t>();
+    // Levels own disjoint parts of the table: one level per task, no atomics, deterministic sums.
+    parallel_blocks(levels, n * levels > kParallelGrain, [&](int64_t l) {
+      int64_t rows[8];
+      scalar_t w[8];
+      for (int64_t i = 0; i < n; ++i) {
+        hash_level_corners<scalar_t>(px + 3 * i, sc[l], table_size, l, rows, w, nullptr);
+        const scalar_t* g = go + (i * levels + l) * F;
+        for (int k = 0; k < 8; ++k) {
+          for (int64_t c = 0; c < F; ++c) gt[rows[k] * F + c] += w[k] * g[c];
+        }
+      }
+    });
+    if (need_x_grad) {
+      scalar_t* gx = g_x.data_ptr<scalar_t>();
+      parallel_rays(n, [&](int64_t i) {
+        for (int64_t l = 0; l < levels; ++l) {
+          hash_encode_bwd_x_level(px + 3 * i, sc[l], tb, table_size, l, F, go + (i * levels + l) * F, gx + 3 * i);
+        }
+      });
+    }
+  });
+  return {g_table, g_x};
+}
+
 }  // namespace nerfaccel

@@ -342,6 +342,60 @@ def _(occs, cell_ids, values, ema_decay):
 
 
 # ---------------------------------------------------------------------------------------------
+# Hash encoding (CPU kernel; used by nerfaccel_plugin.fields.hash_encoding on CPU tensors)
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op(f"{_NS}::hash_encode", mutates_args=(), device_types=("cpu",))
+def hash_encode(x: Tensor, table: Tensor, scales: Tensor, table_size: int) -> Tensor:
+    return build.get_module("cpp").hash_encode_fwd(x, table, scales, table_size)
+
+
+@hash_encode.register_fake
+def _(x, table, scales, table_size):
+    return x.new_empty((x.shape[0], scales.shape[0] * table.shape[1]))
+
+
+@torch.library.custom_op(f"{_NS}::hash_encode_backward", mutates_args=(), device_types=("cpu",))
+def hash_encode_backward(
+    grad: Tensor, x: Tensor, table: Tensor, scales: Tensor, table_size: int, need_x_grad: bool
+) -> tuple[Tensor, Tensor]:
+    return tuple(build.get_module("cpp").hash_encode_bwd(grad, x, table, scales, table_size, need_x_grad))
+
+
+@hash_encode_backward.register_fake
+def _(grad, x, table, scales, table_size, need_x_grad):
+    return torch.empty_like(table), x.new_empty(x.shape if need_x_grad else (0,))
+
+
+def _hash_setup(ctx, inputs, output):
+    x, table, scales, table_size = inputs
+    ctx.table_size = table_size
+    ctx.save_for_backward(x, table, scales)
+
+
+def _hash_bwd(ctx, grad):
+    x, table, scales = ctx.saved_tensors
+    need_x = ctx.needs_input_grad[0]
+    g_table, g_x = torch.ops.nerfaccel.hash_encode_backward(
+        _zeros_if_none(grad, torch.empty((x.shape[0], scales.shape[0] * table.shape[1]), dtype=x.dtype)),
+        x, table, scales, ctx.table_size, need_x,
+    )  # fmt: skip
+    return (g_x if need_x else None), g_table, None, None
+
+
+hash_encode.register_autograd(_hash_bwd, setup_context=_hash_setup)
+
+
+def _hash_bwd_bwd(ctx, *grads):
+    raise RuntimeError(
+        "nerfaccel: second derivatives through the hash-encoding kernel are not implemented; set "
+        "NERFACCEL_HASH_KERNEL=0 to use Nerfstudio's torch hash encoding (slower, twice differentiable)."
+    )
+
+
+hash_encode_backward.register_autograd(_hash_bwd_bwd, setup_context=lambda ctx, inputs, output: None)
+
+
+# ---------------------------------------------------------------------------------------------
 # Second order: the backward ops are differentiated through the PyTorch reference
 # ---------------------------------------------------------------------------------------------
 # Second derivatives are rare in NeRF training (gradient penalties, gradgradcheck), so rather than a

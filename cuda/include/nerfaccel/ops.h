@@ -47,6 +47,11 @@ Tensors4 importance_sampling(const Tensor& edge_vals, const Tensor& cdfs, const 
                              const Tensor& n_per_ray, const Tensor& bias);
 Tensor contract_fwd(const Tensor& x, const Tensor& aabb, bool linf, bool inverse);
 Tensor contract_bwd(const Tensor& grad_out, const Tensor& x, const Tensor& aabb, bool linf, bool inverse);
+// Hash encoding (CPU build only for now): x [n, 3], table [levels * table_size, F], scales [levels].
+Tensor hash_encode_fwd(const Tensor& x, const Tensor& table, const Tensor& scales, int64_t table_size);
+// Returns (grad_table, grad_x); grad_x is empty unless need_x_grad.
+Tensors2 hash_encode_bwd(const Tensor& grad_out, const Tensor& x, const Tensor& table, const Tensor& scales,
+                         int64_t table_size, bool need_x_grad);
 Tensor grid_ema_update(const Tensor& occs, const Tensor& cell_ids, const Tensor& values, double ema_decay);
 
 // ---------------------------------------------------------------------------------------------
@@ -127,6 +132,20 @@ inline void check_points(const Tensor& x, const Tensor& aabb) {
   check_float(aabb, "aabb", x.device());
   check_same_dtype(aabb, x, "aabb", "x");
   check_shape(aabb, "aabb", {6});
+}
+
+inline void check_hash(const Tensor& x, const Tensor& table, const Tensor& scales, int64_t table_size) {
+  check_float(x, "x", x.device());
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == 3, "nerfaccel: `x` must have shape [n, 3], got ", x.sizes());
+  check_float(table, "table", x.device());
+  check_same_dtype(table, x, "table", "x");
+  check_float(scales, "scales", x.device());
+  check_same_dtype(scales, x, "scales", "x");
+  check_dim(scales, "scales", 1);
+  TORCH_CHECK(table_size > 0, "nerfaccel: `table_size` must be > 0, got ", table_size);
+  TORCH_CHECK(table.dim() == 2 && table.size(0) == scales.size(0) * table_size,
+              "nerfaccel: `table` must have shape [levels * table_size, features] = [", scales.size(0) * table_size,
+              ", F], got ", table.sizes());
 }
 
 }  // namespace nerfaccel
