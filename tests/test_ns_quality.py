@@ -130,3 +130,26 @@ def test_depth_and_colour_match_the_exact_render(trained) -> None:
     gt_rgb = model._gt(image, None)
     psnr = float(-10 * torch.log10(((out["rgb"] - gt_rgb) ** 2).mean()))
     assert psnr > 20.0, f"test-view PSNR {psnr:.2f} dB"
+
+
+def test_early_stopping_render_matches_the_full_render(trained) -> None:
+    """The test-time renderer (segments + early ray termination) equals compositing every sample."""
+    model = trained.model
+    model.eval()
+    camera = trained.datamanager.eval_dataset.cameras[1:2]
+    outputs = {}
+    for steps in (0, 16, 64):
+        model.config.eval_march_steps = steps
+        with torch.no_grad():
+            outputs[steps] = model.get_outputs_for_camera(camera)
+    model.config.eval_march_steps = 64
+    full = outputs[0]
+    for steps in (16, 64):
+        out = outputs[steps]
+        assert float((out["rgb"] - full["rgb"]).abs().max()) < 2e-3
+        assert float((out["accumulation"] - full["accumulation"]).abs().max()) < 2e-3
+        solid = full["accumulation"][..., 0] > 0.99
+        assert float((out["depth"] - full["depth"])[solid].abs().max()) < 1e-2
+        # Samples hidden behind opaque surfaces are never evaluated (how many depends on how opaque the
+        # young field already is).
+        assert int(out["num_samples_per_ray"].sum()) < int(full["num_samples_per_ray"].sum())
