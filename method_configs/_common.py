@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
 from nerfstudio.data.dataparsers.base_dataparser import DataParserConfig
@@ -31,6 +34,29 @@ def apply_cpu_defaults(model: NerfaccelModelConfig) -> None:
             setattr(model, key, min(getattr(model, key), value))
 
 
+@dataclass
+class NerfaccelTrainerConfig(TrainerConfig):
+    """Nerfstudio's ``TrainerConfig``; without ``--data`` the output folder is named after the dataparser's data.
+
+    Nerfstudio names runs after ``--data`` and falls back to ``outputs/unnamed/``. Our dataparsers carry their
+    own default (``data/blender/lego``) and may fall back to the embedded scene, so the run is filed under
+    ``outputs/lego/`` or ``outputs/nerfaccel-scene/`` (``nerfaccel-scene-dynamic``) instead.
+    """
+
+    def set_experiment_name(self) -> None:
+        if self.experiment_name is None and self.pipeline.datamanager.data is None:
+            parser = self.pipeline.datamanager.dataparser
+            data = getattr(parser, "data", None)
+            if data is not None:
+                data = Path(data)
+                if not data.exists() and getattr(parser, "embedded_fallback", False):
+                    dynamic = "dnerf" in type(parser).__name__.lower()
+                    self.experiment_name = "nerfaccel-scene-dynamic" if dynamic else "nerfaccel-scene"
+                else:
+                    self.experiment_name = (data.parent if data.is_file() else data).name or "unnamed"
+        super().set_experiment_name()
+
+
 def make_trainer_config(
     method_name: str,
     dataparser: DataParserConfig,
@@ -44,7 +70,7 @@ def make_trainer_config(
     gpu_target_samples: int = 1 << 18,
     cpu_target_samples: int = 1 << 14,
     proposal: bool = False,
-) -> TrainerConfig:
+) -> NerfaccelTrainerConfig:
     """A Nerfstudio ``TrainerConfig`` for one nerfaccel method.
 
     Args:
@@ -80,7 +106,7 @@ def make_trainer_config(
     optimizers = {"fields": group()}
     if proposal:
         optimizers["proposal_networks"] = group()
-    return TrainerConfig(
+    return NerfaccelTrainerConfig(
         method_name=method_name,
         steps_per_eval_batch=500,
         steps_per_eval_image=500 if ON_GPU else 1000,

@@ -334,3 +334,26 @@ def test_method_train_eval_render_viewer(method: str, tmp_path: Path, env: dict,
     resume(config, tmp_path, extra_steps=4)
     rgb, _ = viewer_render(config)
     assert rgb.shape == (RES, RES, 3) and bool(torch.isfinite(rgb).all())
+
+
+def test_output_folder_is_named_after_the_scene(tmp_path, monkeypatch) -> None:
+    """Without --data, runs go to outputs/nerfaccel-scene[-dynamic]/ (embedded fallback) or outputs/lego/, not
+    Nerfstudio's outputs/unnamed/; an explicit --data keeps Nerfstudio's naming."""
+    import copy
+
+    from nerfaccel_plugin.method_configs import dnerf, lego
+
+    monkeypatch.chdir(tmp_path)
+    names = {}
+    for spec in (lego.nerfaccel_lego, dnerf.nerfaccel_dnerf):
+        cfg = copy.deepcopy(spec.config)
+        names[cfg.method_name] = cfg.get_base_dir().parts[1]
+    assert names == {"nerfaccel-lego": "nerfaccel-scene", "nerfaccel-dnerf": "nerfaccel-scene-dynamic"}
+
+    (tmp_path / "data" / "blender" / "lego").mkdir(parents=True)  # Nerfstudio's download location exists
+    cfg = copy.deepcopy(lego.nerfaccel_lego.config)
+    assert cfg.get_base_dir().parts[1] == "lego"
+
+    cfg = copy.deepcopy(lego.nerfaccel_lego.config)
+    cfg.pipeline.datamanager.data = tmp_path / "my-scene"
+    assert cfg.get_base_dir().parts[1] == "my-scene"
