@@ -291,27 +291,50 @@ Tensor accumulate_fwd(const Tensor& weights, const std::optional<Tensor>& values
   const int64_t dim = values.has_value() ? values->size(1) : 1;
   auto out = at::zeros({n_rays, dim}, weights.options());
   const int64_t* ri = ray_indices.data_ptr<int64_t>();
+  // Out-of-range indices are an error; sorted indices (what the samplers produce) allow a parallel pass.
   int64_t bad = -1;
+  bool sorted = true;
+  for (int64_t i = 0; i < n; ++i) {
+    if (ri[i] < 0 || ri[i] >= n_rays) {
+      bad = i;
+      break;
+    }
+    if (i > 0 && ri[i] < ri[i - 1]) sorted = false;
+  }
+  TORCH_CHECK(bad < 0, "nerfaccel: ray_indices[", bad, "] = ", bad >= 0 ? ri[bad] : 0, " is outside [0, n_rays = ",
+              n_rays, ")");
   AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), "accumulate_fwd", [&] {
     const scalar_t* w = weights.data_ptr<scalar_t>();
     const scalar_t* v = values.has_value() ? values->data_ptr<scalar_t>() : nullptr;
     scalar_t* o = out.data_ptr<scalar_t>();
-    // Sequential in sample order (like index_add on the CPU): rays need not be sorted.
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t r = ri[i];
-      if (r < 0 || r >= n_rays) {
-        bad = i;
-        break;
+    auto add_range = [&](int64_t lo, int64_t hi) {  // samples [lo, hi) in order
+      for (int64_t i = lo; i < hi; ++i) {
+        const int64_t r = ri[i];
+        if (v == nullptr) {
+          o[r] += w[i];
+        } else {
+          for (int64_t c = 0; c < dim; ++c) o[r * dim + c] += w[i] * v[i * dim + c];
+        }
       }
-      if (v == nullptr) {
-        o[r] += w[i];
-      } else {
-        for (int64_t c = 0; c < dim; ++c) o[r * dim + c] += w[i] * v[i * dim + c];
-      }
+    };
+    const int64_t n_chunks = sorted && n > 8 * kParallelGrain ? int64_t(n_threads()) * 4 : 1;
+    if (n_chunks == 1) {
+      add_range(0, n);  // unsorted: sequential in sample order, like index_add on the CPU
+      return;
     }
+    // Chunk starts moved forward to the next ray boundary, so every ray is summed by one thread, in sample
+    // order: the same result as the sequential loop, bit for bit.
+    std::vector<int64_t> start(n_chunks + 1, n);
+    for (int64_t k = 0; k < n_chunks; ++k) {
+      int64_t i = n * k / n_chunks;
+      while (i > 0 && i < n && ri[i] == ri[i - 1]) ++i;
+      start[k] = i;
+    }
+    parallel_blocks(n_chunks, true, [&](int64_t k) {
+      const int64_t hi = std::max(start[k], start[k + 1]);
+      add_range(start[k], hi);
+    });
   });
-  TORCH_CHECK(bad < 0, "nerfaccel: ray_indices[", bad, "] = ", bad >= 0 ? ri[bad] : 0, " is outside [0, n_rays = ",
-              n_rays, ")");
   return out;
 }
 

@@ -173,12 +173,15 @@ def test_render_weight_from_alpha(K, layout):
 
 
 @pytest.mark.parametrize("dim", [None, 1, 3])
-@pytest.mark.parametrize("n", [0, 1, 5000])
-def test_accumulate_along_rays(K, dim, n):
+@pytest.mark.parametrize("n, order", [(0, "unsorted"), (1, "unsorted"), (5000, "unsorted"), (40000, "sorted")])
+def test_accumulate_along_rays(K, dim, n, order):
     ext, device = K
     n_rays = 37
     weights = torch.rand(n, device=device)
     ray_indices = torch.randint(0, n_rays, (n,), device=device)  # unsorted on purpose
+    if order == "sorted":  # the samplers' layout; large enough for the CPU kernel's parallel pass
+        ray_indices = torch.sort(torch.randint(0, 3 * n_rays // 4, (n,), device=device)).values
+        ray_indices[ray_indices > 5] += 1  # an empty ray in the middle, empty rays at the end
     if dim is None:
         _compare_fwd_bwd(
             lambda w: R._accumulate_along_rays(w, None, ray_indices, n_rays),
@@ -474,3 +477,22 @@ def test_double_backward(cpp):
     pts = (torch.randn(10, 3, dtype=torch.float64) * 2).requires_grad_()
     aabb = torch.tensor([-1.0, -1, -1, 1, 1, 1], dtype=torch.float64)
     assert torch.autograd.gradgradcheck(lambda a: cpp._contract(a, aabb, "l2"), (pts,))
+
+
+def test_cpu_accumulate_parallel_pass_is_exact(cpp) -> None:
+    """With sorted ray indices the C++ CPU accumulation runs in parallel over whole rays: the same bits as
+    summing sample by sample in order (what it does for unsorted indices)."""
+    g = torch.Generator().manual_seed(0)
+    n_rays, n = 5000, 200_000
+    ri = torch.sort(torch.randint(0, n_rays, (n,), generator=g)).values
+    w, v = torch.rand(n, generator=g), torch.randn(n, 3, generator=g)
+    shuffled = torch.randperm(n, generator=g)
+    with torch.no_grad():
+        par = cpp._accumulate_along_rays(w, v, ri, n_rays)
+        # Same samples in the same per-ray order but with one ray moved to the end: unsorted, sequential path.
+        last = ri == ri[0]
+        perm = torch.cat([torch.nonzero(~last)[:, 0], torch.nonzero(last)[:, 0]])
+        seq = cpp._accumulate_along_rays(w[perm], v[perm], ri[perm], n_rays)
+    assert torch.equal(par, seq)
+    ref = R._accumulate_along_rays(w[shuffled], v[shuffled], ri[shuffled], n_rays)
+    assert torch.allclose(par, ref, rtol=1e-5, atol=1e-5)
