@@ -207,7 +207,9 @@ Tensors3 render_density_fwd(const Tensor& t_starts, const Tensor& t_ends, const 
     scalar_t* a = alphas.data_ptr<scalar_t>();
     // Samples outside every chunk still get their alpha; skipped when the chunks cover everything.
     if (!covers_all(pi, n_rays, n)) parallel_elems(n, [&](int64_t i) { a[i] = density_alpha(t0[i], t1[i], sg[i]); });
-    parallel_rays(n_rays, [&](int64_t r) { render_density_fwd_ray(t0, t1, sg, a, w, tr, pi[2 * r], pi[2 * r + 1]); });
+    parallel_rays(n_rays, [&](int64_t r) {
+      render_density_fwd_ray_2pass(t0, t1, sg, a, w, tr, pi[2 * r], pi[2 * r + 1]);
+    });
   });
   return {weights, trans, alphas};
 }
@@ -243,7 +245,7 @@ Tensors3 render_density_bwd(const Tensor& g_w, const Tensor& g_trans, const Tens
       parallel_elems(n, [&](int64_t i) { render_density_bwd_elem(ga, t0, t1, sg, o0, o1, os, i); });
     }
     parallel_rays(n_rays, [&](int64_t r) {
-      render_density_bwd_ray(gw, gt, ga, t0, t1, sg, tr, a, o0, o1, os, pi[2 * r], pi[2 * r + 1]);
+      render_density_bwd_ray_2pass(gw, gt, ga, t0, t1, sg, tr, a, o0, o1, os, pi[2 * r], pi[2 * r + 1]);
     });
   });
   return {g_t0, g_t1, g_sg};

@@ -46,8 +46,20 @@ ENV_STALE = "NERFACCEL_EXT_LOCK_STALE_S"
 ENV_VERBOSE = "NERFACCEL_EXT_VERBOSE"
 DEFAULT_CUDA_ARCH = "9.0"
 
-CXX_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-DNERFACCEL_EXT"]
-LD_FLAGS = ["-fopenmp"]
+
+
+def _libmvec() -> bool:
+    """Whether glibc's vector math library can be linked (x86-64 Linux): SIMD exp/expf for the CPU kernels."""
+    if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    import ctypes.util
+
+    return ctypes.util.find_library("mvec") is not None
+
+
+_MVEC = _libmvec()
+CXX_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-DNERFACCEL_EXT"] + (["-DNERFACCEL_LIBMVEC"] if _MVEC else [])
+LD_FLAGS = ["-fopenmp"] + (["-lmvec"] if _MVEC else [])
 NVCC_FLAGS = ["-O3", "-DNERFACCEL_WITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo"]
 
 _SOURCES = {"cpp": ["bindings.cpp", "cpu_ops.cpp"], "cuda": ["bindings.cpp", "cuda_ops.cu"]}

@@ -10,8 +10,21 @@
 
 #if defined(__CUDACC__)
 #define NA_HD __host__ __device__ __forceinline__
+#define NA_SIMD
 #else
 #define NA_HD inline
+// Marks a loop without dependences between iterations for OpenMP SIMD vectorisation (CPU build only).
+#define NA_SIMD _Pragma("omp simd")
+#endif
+
+#if defined(NERFACCEL_LIBMVEC) && !defined(__CUDACC__) && defined(__GNUC__) && !defined(__clang__)
+// glibc's vector math library (libmvec, linked by the build when present) has SIMD versions of exp and expf.
+// glibc declares them only under -ffast-math, which we do not use (NaN and inf must behave as in torch), so
+// they are declared here; NA_SIMD loops then call them (2-3x faster than the scalar calls, within 2 ulp).
+extern "C" {
+__attribute__((simd("notinbranch"))) float expf(float) noexcept;
+__attribute__((simd("notinbranch"))) double exp(double) noexcept;
+}
 #endif
 
 namespace nerfaccel {

@@ -232,19 +232,33 @@ NA_HD void scan_prod_bwd(const T* g, const T* x, const T* y, T* gx, index_t s, i
 // ---------------------------------------------------------------------------------------------
 template <typename T>
 NA_HD T density_alpha(T t0, T t1, T sigma) {
-  return T(1) - na_exp(-(sigma * (t1 - t0)));
+  return T(1) - na_exp(-(sigma * (t1 - t0)));  // = alpha_from_tau(density_tau(t0, t1, sigma))
 }
 
-// Forward from densities, one fused pass: tau_i = sigma_i dt_i, alpha_i = 1 - exp(-tau_i),
-// T_i = exp(-sum_{j<i} tau_j), w_i = T_i * alpha_i.
+// Forward from densities: tau_i = sigma_i dt_i, alpha_i = 1 - exp(-tau_i), T_i = exp(-D_i) with the optical
+// depth D_i = sum_{j<i} tau_j, w_i = T_i * alpha_i. The per-sample pieces are written once here; the fused
+// one-pass loop (GPU threads) and the two-pass loop (CPU, vectorised exponentials) both use them.
+template <typename T>
+NA_HD T density_tau(T t0, T t1, T sigma) {
+  return sigma * (t1 - t0);
+}
+template <typename T>
+NA_HD T alpha_from_tau(T tau) {
+  return T(1) - na_exp(-tau);
+}
+template <typename T>
+NA_HD T trans_from_depth(T depth) {
+  return na_exp(-depth);
+}
+
 template <typename T>
 NA_HD void render_density_fwd_ray(const T* t0, const T* t1, const T* sigma, T* alpha, T* w, T* trans, index_t s,
                                   index_t n) {
   T acc = T(0);
   for (index_t i = s; i < s + n; ++i) {
-    const T tau = sigma[i] * (t1[i] - t0[i]);
-    const T a = T(1) - na_exp(-tau);
-    const T tr = na_exp(-acc);
+    const T tau = density_tau(t0[i], t1[i], sigma[i]);
+    const T a = alpha_from_tau(tau);
+    const T tr = trans_from_depth(acc);
     alpha[i] = a;
     trans[i] = tr;
     w[i] = tr * a;
@@ -252,7 +266,40 @@ NA_HD void render_density_fwd_ray(const T* t0, const T* t1, const T* sigma, T* a
   }
 }
 
-// Backward from densities: d tau_i = (g_a_i + g_w_i T_i) exp(-tau_i) - sum_{j>i} (g_T_j + g_w_j a_j) T_j.
+// The same forward in two passes: a sequential pass keeps the running optical depth (tau and D are parked in
+// the alpha and trans outputs), then a pass without dependences between samples evaluates the exponentials,
+// which the CPU build vectorises (NA_SIMD). Same operations in the same order as the fused loop.
+template <typename T>
+NA_HD void render_density_fwd_ray_2pass(const T* t0, const T* t1, const T* sigma, T* alpha, T* w, T* trans,
+                                        index_t s, index_t n) {
+  T acc = T(0);
+  for (index_t i = s; i < s + n; ++i) {
+    const T tau = density_tau(t0[i], t1[i], sigma[i]);
+    alpha[i] = tau;
+    trans[i] = acc;
+    acc += tau;
+  }
+  NA_SIMD
+  for (index_t i = s; i < s + n; ++i) {
+    const T a = alpha_from_tau(alpha[i]);
+    const T tr = trans_from_depth(trans[i]);
+    alpha[i] = a;
+    trans[i] = tr;
+    w[i] = tr * a;
+  }
+}
+
+// Backward from densities: d tau_i = (g_a_i + g_w_i T_i) exp(-tau_i) - sum_{j>i} (g_T_j + g_w_j a_j) T_j,
+// then d sigma_i = d tau_i dt_i, d t1_i = -d t0_i = d tau_i sigma_i.
+template <typename T>
+NA_HD T density_bwd_dtau(T ga, T gw, T trans, T decay, T suffix) {
+  return (ga + gw * trans) * decay - suffix;
+}
+template <typename T>
+NA_HD T density_bwd_suffix_term(T gt, T gw, T alpha, T trans) {
+  return (gt + gw * alpha) * trans;
+}
+
 template <typename T>
 NA_HD void render_density_bwd_ray(const T* gw, const T* gt, const T* ga, const T* t0, const T* t1, const T* sigma,
                                   const T* trans, const T* alpha, T* g_t0, T* g_t1, T* g_sigma, index_t s,
@@ -260,8 +307,27 @@ NA_HD void render_density_bwd_ray(const T* gw, const T* gt, const T* ga, const T
   T suffix = T(0);
   for (index_t i = s + n - 1; i >= s; --i) {
     const T dt = t1[i] - t0[i];
-    const T dtau = (ga[i] + gw[i] * trans[i]) * na_exp(-(sigma[i] * dt)) - suffix;
-    suffix += (gt[i] + gw[i] * alpha[i]) * trans[i];
+    const T dtau = density_bwd_dtau(ga[i], gw[i], trans[i], na_exp(-density_tau(t0[i], t1[i], sigma[i])), suffix);
+    suffix += density_bwd_suffix_term(gt[i], gw[i], alpha[i], trans[i]);
+    g_sigma[i] = dtau * dt;
+    g_t0[i] = -dtau * sigma[i];
+    g_t1[i] = dtau * sigma[i];
+  }
+}
+
+// The same backward in two passes (CPU): the decays exp(-tau_i) first, vectorised and parked in g_sigma, then
+// the sequential reverse sweep.
+template <typename T>
+NA_HD void render_density_bwd_ray_2pass(const T* gw, const T* gt, const T* ga, const T* t0, const T* t1,
+                                        const T* sigma, const T* trans, const T* alpha, T* g_t0, T* g_t1,
+                                        T* g_sigma, index_t s, index_t n) {
+  NA_SIMD
+  for (index_t i = s; i < s + n; ++i) g_sigma[i] = na_exp(-density_tau(t0[i], t1[i], sigma[i]));
+  T suffix = T(0);
+  for (index_t i = s + n - 1; i >= s; --i) {
+    const T dt = t1[i] - t0[i];
+    const T dtau = density_bwd_dtau(ga[i], gw[i], trans[i], g_sigma[i], suffix);
+    suffix += density_bwd_suffix_term(gt[i], gw[i], alpha[i], trans[i]);
     g_sigma[i] = dtau * dt;
     g_t0[i] = -dtau * sigma[i];
     g_t1[i] = dtau * sigma[i];
