@@ -303,8 +303,9 @@ Tensor accumulate_fwd(const Tensor& weights, const std::optional<Tensor>& values
     }
     if (i > 0 && ri[i] < ri[i - 1]) sorted = false;
   }
-  TORCH_CHECK(bad < 0, "nerfaccel: ray_indices[", bad, "] = ", bad >= 0 ? ri[bad] : 0, " is outside [0, n_rays = ",
-              n_rays, ")");
+  TORCH_CHECK_VALUE(bad < 0, "nerfaccel: ray_indices[", bad, "] = ", bad >= 0 ? ri[bad] : 0,
+                    " is outside [0, n_rays = ", n_rays, ")");
+  if (dim == 0) return out;  // (a [n, 0] values tensor has no data pointer)
   AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), "accumulate_fwd", [&] {
     const scalar_t* w = weights.data_ptr<scalar_t>();
     const scalar_t* v = values.has_value() ? values->data_ptr<scalar_t>() : nullptr;
@@ -348,8 +349,9 @@ Tensors2 accumulate_bwd(const Tensor& grad_out, const Tensor& weights, const std
   const int64_t n = weights.size(0);
   const int64_t dim = grad_out.size(1);
   const int64_t n_rays = grad_out.size(0);
-  auto g_w = at::empty_like(weights);
   Tensor g_v = values.has_value() ? at::empty_like(*values) : at::empty({0}, weights.options());
+  if (values.has_value() && values->size(1) == 0) return {at::zeros_like(weights), g_v};
+  auto g_w = at::empty_like(weights);
   const int64_t* ri = ray_indices.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), "accumulate_bwd", [&] {
     const scalar_t* go = grad_out.data_ptr<scalar_t>();
@@ -373,6 +375,8 @@ Tensors2 searchsorted(const Tensor& sorted_vals, const Tensor& sorted_packed_inf
   check_packed_info(sorted_packed_info, "sorted_packed_info", dev);
   check_packed_info(query_packed_info, "query_packed_info", dev);
   check_shape(query_packed_info, "query_packed_info", sorted_packed_info.sizes());
+  check_packed_ranges(sorted_packed_info, "sorted_packed_info", sorted_vals.size(0));
+  check_packed_ranges(query_packed_info, "query_packed_info", query_vals.size(0));
   auto left = at::zeros({query_vals.size(0)}, query_vals.options().dtype(at::kLong));
   auto right = at::zeros({query_vals.size(0)}, query_vals.options().dtype(at::kLong));
   const int64_t n_rays = sorted_packed_info.size(0), total = sorted_vals.size(0);
@@ -398,6 +402,7 @@ Tensors4 importance_sampling(const Tensor& edge_vals, const Tensor& cdfs, const 
   check_dim(edge_vals, "edge_vals", 1);
   check_same_flat(cdfs, edge_vals, "cdfs", "edge_vals");
   check_packed_info(packed_info, "packed_info", dev);
+  check_packed_ranges(packed_info, "packed_info", edge_vals.size(0));
   const int64_t n_rays = packed_info.size(0);
   check_long(n_per_ray, "n_per_ray", dev);
   check_flat(n_per_ray, "n_per_ray", n_rays);
@@ -500,7 +505,7 @@ Tensor grid_ema_update(const Tensor& occs, const Tensor& cell_ids, const Tensor&
       if (o[id] >= scalar_t(0)) n[id] = nan_max(n[id], v[i]);
     }
   });
-  TORCH_CHECK(bad < 0, "nerfaccel: cell_ids[", bad, "] is outside [0, ", c, ")");
+  TORCH_CHECK_VALUE(bad < 0, "nerfaccel: cell_ids[", bad, "] = ", bad >= 0 ? ids[bad] : 0, " is outside [0, ", c, ")");
   return out;
 }
 
@@ -528,8 +533,8 @@ Tensors2 hash_encode_bwd(const Tensor& grad_out, const Tensor& x, const Tensor& 
   const int64_t n = x.size(0), levels = scales.size(0), F = table.size(1);
   check_float(grad_out, "grad_out", x.device());
   check_same_dtype(grad_out, x, "grad_out", "x");
-  TORCH_CHECK(grad_out.dim() == 2 && grad_out.size(0) == n && grad_out.size(1) == levels * F,
-              "nerfaccel: `grad_out` must have shape [", n, ", ", levels * F, "], got ", grad_out.sizes());
+  TORCH_CHECK_VALUE(grad_out.dim() == 2 && grad_out.size(0) == n && grad_out.size(1) == levels * F,
+                    "nerfaccel: `grad_out` must have shape [", n, ", ", levels * F, "], got ", grad_out.sizes());
   auto g_table = at::zeros_like(table);
   Tensor g_x = need_x_grad ? at::zeros_like(x) : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hash_encode_bwd", [&] {

@@ -8,6 +8,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
+#include <string>
+
 #include "nerfaccel/math.h"
 #include "nerfaccel/ops.h"
 
@@ -50,14 +52,19 @@ struct CountEmit {
   NA_HD void operator()(double, double) {}
 };
 
+// Writes the ray's samples into its slots [pos, end). The count pass and this pass run the same double-precision
+// math (no FMA contraction, see build.py), so they emit the same samples; the bound keeps a ray from ever
+// writing into its neighbour's slots regardless.
 template <typename T>
 struct WriteEmit {
   int64_t* rays;
   T* t0;
   T* t1;
   index_t pos;
+  index_t end;
   int64_t ray;
   NA_HD void operator()(double a, double b) {
+    if (pos >= end) return;
     rays[pos] = ray;
     t0[pos] = static_cast<T>(a);
     t1[pos] = static_cast<T>(b);
@@ -79,7 +86,7 @@ __global__ void traverse_fill_kernel(const double* o, const double* d, const dou
                                      const int64_t* counts, int64_t* rays, T* t0, T* t1) {
   NA_GRID_LOOP(r, n) {
     if (counts[r] == 0) continue;
-    WriteEmit<T> emit{rays, t0, t1, ends[r] - counts[r], r};
+    WriteEmit<T> emit{rays, t0, t1, ends[r] - counts[r], ends[r], r};
     traverse_ray(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step, cone, emit);
   }
 }
@@ -143,17 +150,36 @@ __global__ void alpha_bwd_kernel(const T* gw, const T* gt, const T* a, const T* 
   NA_GRID_LOOP(r, n_rays) { render_alpha_bwd_ray(gw, gt, a, tr, ga, pi[2 * r], pi[2 * r + 1]); }
 }
 
+// Unsorted ray indices: one thread per sample, atomics (the order of the sums is not deterministic).
 template <typename T>
 __global__ void accumulate_fwd_kernel(const T* w, const T* v, const int64_t* ri, int64_t n, int64_t dim,
                                       int64_t n_rays, T* out) {
   NA_GRID_LOOP(i, n) {
     const int64_t r = ri[i];
-    if (r < 0 || r >= n_rays) continue;  // the Python layer validates ray indices
+    if (r < 0 || r >= n_rays) continue;  // checked on the host before the launch
     if (v == nullptr) {
       atomicAdd(out + r, w[i]);
     } else {
       for (int64_t c = 0; c < dim; ++c) atomicAdd(out + r * dim + c, w[i] * v[i * dim + c]);
     }
+  }
+}
+
+// Sorted ray indices (the samplers' layout): one thread per (ray, channel) sums the ray's samples
+// [bounds[r], bounds[r + 1]) in sample order, without atomics. Deterministic, and the same additions in the
+// same order as the CPU kernel.
+template <typename T>
+__global__ void accumulate_sorted_kernel(const T* w, const T* v, const int64_t* bounds, int64_t n_rays, int64_t dim,
+                                         T* out) {
+  NA_GRID_LOOP(j, n_rays * dim) {
+    const index_t r = j / dim, c = j % dim;
+    T acc = T(0);
+    if (v == nullptr) {
+      for (int64_t i = bounds[r]; i < bounds[r + 1]; ++i) acc += w[i];
+    } else {
+      for (int64_t i = bounds[r]; i < bounds[r + 1]; ++i) acc += w[i] * v[i * dim + c];
+    }
+    out[j] = acc;
   }
 }
 
@@ -240,6 +266,25 @@ __global__ void ema_max_kernel(const T* o, const int64_t* ids, const T* v, int64
     const int64_t id = ids[i];
     if (id >= 0 && id < c && o[id] >= T(0)) atomic_max(out + id, v[i]);
   }
+}
+
+// Index range checks on the host, as the CPU kernels do (one device sync): a kernel cannot raise, and an
+// out-of-range index would otherwise be skipped on the GPU but an error on the CPU.
+std::string first_outside(const Tensor& ids, int64_t hi) {
+  const auto bad = at::nonzero((ids < 0).logical_or(ids >= hi));
+  const int64_t i = bad.size(0) > 0 ? bad[0][0].item<int64_t>() : -1;
+  return "[" + std::to_string(i) + "] = " + std::to_string(i >= 0 ? ids[i].item<int64_t>() : 0);
+}
+
+// Checks 0 <= ray_indices < n_rays and returns whether the indices are sorted (ascending).
+bool check_ray_indices_cuda(const Tensor& ri, int64_t n_rays) {
+  const int64_t n = ri.size(0);
+  const auto ordered = n > 1 ? (ri.slice(0, 1) >= ri.slice(0, 0, n - 1)).all() : at::ones({}, ri.options());
+  const auto stats = at::stack({ri.min(), ri.max(), ordered.to(at::kLong)}).cpu();
+  const int64_t* s = stats.data_ptr<int64_t>();
+  TORCH_CHECK_VALUE(s[0] >= 0 && s[1] < n_rays, "nerfaccel: ray_indices", first_outside(ri, n_rays),
+                    " is outside [0, n_rays = ", n_rays, ")");
+  return s[2] != 0;
 }
 
 }  // namespace
@@ -412,10 +457,20 @@ Tensor accumulate_fwd(const Tensor& weights, const std::optional<Tensor>& values
   const int64_t n = weights.size(0);
   const int64_t dim = values.has_value() ? values->size(1) : 1;
   auto out = at::zeros({n_rays, dim}, weights.options());
+  if (n == 0 || dim == 0) return out;  // (a [n, 0] values tensor has no data pointer)
+  const bool sorted = check_ray_indices_cuda(ray_indices, n_rays);
   AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), "accumulate_fwd", [&] {
-    NA_LAUNCH(accumulate_fwd_kernel<scalar_t>, n, weights.data_ptr<scalar_t>(),
-              values.has_value() ? values->data_ptr<scalar_t>() : nullptr, ray_indices.data_ptr<int64_t>(), n, dim,
-              n_rays, out.data_ptr<scalar_t>());
+    const scalar_t* w = weights.data_ptr<scalar_t>();
+    const scalar_t* v = values.has_value() ? values->data_ptr<scalar_t>() : nullptr;
+    if (sorted) {
+      const auto bounds = at::searchsorted(ray_indices, at::arange(n_rays + 1, ray_indices.options()));
+      NA_LAUNCH(accumulate_sorted_kernel<scalar_t>, n_rays * dim, w, v, bounds.data_ptr<int64_t>(), n_rays, dim,
+                out.data_ptr<scalar_t>());
+    } else {
+      at::globalContext().alertNotDeterministic("nerfaccel::accumulate_along_rays with unsorted ray_indices on CUDA");
+      NA_LAUNCH(accumulate_fwd_kernel<scalar_t>, n, w, v, ray_indices.data_ptr<int64_t>(), n, dim, n_rays,
+                out.data_ptr<scalar_t>());
+    }
   });
   return out;
 }
@@ -427,8 +482,10 @@ Tensors2 accumulate_bwd(const Tensor& grad_out, const Tensor& weights, const std
   check_same_dtype(grad_out, weights, "grad_out", "weights");
   const c10::cuda::CUDAGuard guard(weights.device());
   const int64_t n = weights.size(0);
-  auto g_w = at::empty_like(weights);
   Tensor g_v = values.has_value() ? at::empty_like(*values) : at::empty({0}, weights.options());
+  if (values.has_value() && values->size(1) == 0) return {at::zeros_like(weights), g_v};
+  if (n > 0) check_ray_indices_cuda(ray_indices, grad_out.size(0));
+  auto g_w = at::empty_like(weights);
   AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), "accumulate_bwd", [&] {
     NA_LAUNCH(accumulate_bwd_kernel<scalar_t>, n, grad_out.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>(),
               values.has_value() ? values->data_ptr<scalar_t>() : nullptr, ray_indices.data_ptr<int64_t>(), n,
@@ -449,6 +506,8 @@ Tensors2 searchsorted(const Tensor& sorted_vals, const Tensor& sorted_packed_inf
   check_packed_info(sorted_packed_info, "sorted_packed_info", dev);
   check_packed_info(query_packed_info, "query_packed_info", dev);
   check_shape(query_packed_info, "query_packed_info", sorted_packed_info.sizes());
+  check_packed_ranges(sorted_packed_info, "sorted_packed_info", sorted_vals.size(0));
+  check_packed_ranges(query_packed_info, "query_packed_info", query_vals.size(0));
   const c10::cuda::CUDAGuard guard(dev);
   auto left = at::zeros({query_vals.size(0)}, query_vals.options().dtype(at::kLong));
   auto right = at::zeros({query_vals.size(0)}, query_vals.options().dtype(at::kLong));
@@ -469,6 +528,7 @@ Tensors4 importance_sampling(const Tensor& edge_vals, const Tensor& cdfs, const 
   check_dim(edge_vals, "edge_vals", 1);
   check_same_flat(cdfs, edge_vals, "cdfs", "edge_vals");
   check_packed_info(packed_info, "packed_info", dev);
+  check_packed_ranges(packed_info, "packed_info", edge_vals.size(0));
   const int64_t n_rays = packed_info.size(0);
   check_long(n_per_ray, "n_per_ray", dev);
   check_flat(n_per_ray, "n_per_ray", n_rays);
@@ -530,6 +590,11 @@ Tensor grid_ema_update(const Tensor& occs, const Tensor& cell_ids, const Tensor&
   const auto vals = values.to(occs.scalar_type()).contiguous();
   auto out = occs.clone();
   const int64_t k = cell_ids.size(0), c = occs.size(0);
+  if (k > 0) {
+    const auto mm = at::stack({cell_ids.min(), cell_ids.max()}).cpu();
+    TORCH_CHECK_VALUE(mm[0].item<int64_t>() >= 0 && mm[1].item<int64_t>() < c, "nerfaccel: cell_ids",
+                      first_outside(cell_ids, c), " is outside [0, ", c, ")");
+  }
   AT_DISPATCH_FLOATING_TYPES(occs.scalar_type(), "grid_ema_update", [&] {
     NA_LAUNCH(ema_decay_kernel<scalar_t>, k, occs.data_ptr<scalar_t>(), cell_ids.data_ptr<int64_t>(), k, c,
               static_cast<scalar_t>(ema_decay), out.data_ptr<scalar_t>());

@@ -25,11 +25,47 @@ from nerfaccel_plugin._ext import build
 def test_import_is_cheap_and_never_compiles():
     code = (
         "import sys, nerfaccel_plugin._ext as e; "
-        "assert 'torch.utils.cpp_extension' not in sys.modules or True; "
+        "assert 'torch.utils.cpp_extension' not in sys.modules, 'importing _ext loaded the compiler machinery'; "
         "print(e.build_status('cpp'), e.build_status('cuda'))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["not", "attempted", "not", "attempted"]
+
+
+@pytest.mark.parametrize(
+    "arch, cap, runs",
+    [
+        ("9.0", (9, 0), True),
+        ("9.0", (8, 0), False),
+        ("9.0", (10, 0), False),  # machine code does not cross major versions
+        ("8.0", (8, 6), True),  # ... but runs on later minors
+        ("8.6", (8, 0), False),
+        ("9.0+PTX", (10, 0), True),  # PTX is compiled by the driver for newer GPUs
+        ("9.0+PTX", (8, 6), False),
+        ("8.0;9.0", (9, 0), True),
+        ("7.5 8.6+PTX", (8, 9), True),
+        ("9.0a", (9, 0), True),
+        ("", (9, 0), False),
+    ],
+)
+def test_arch_runs_on(arch, cap, runs):
+    assert build.arch_runs_on(arch, cap) is runs
+
+
+def test_prebuilt_cuda_for_another_gpu_is_not_used(monkeypatch):
+    """An ahead-of-time CUDA build without code for the visible GPU is skipped (then built for it), not loaded."""
+    import types
+
+    module = types.SimpleNamespace(cuda_arch="8.0_8.6")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (9, 0))
+    assert not build._prebuilt_cuda_runs_here(module)
+    module.cuda_arch = "8.0_9.0"
+    assert build._prebuilt_cuda_runs_here(module)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    module.cuda_arch = "8.0"
+    assert build._prebuilt_cuda_runs_here(module)  # no GPU: nothing to check against
 
 
 def test_cache_root_respects_env(monkeypatch, tmp_path):

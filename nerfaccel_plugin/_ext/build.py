@@ -47,7 +47,6 @@ ENV_VERBOSE = "NERFACCEL_EXT_VERBOSE"
 DEFAULT_CUDA_ARCH = "9.0"
 
 
-
 def _libmvec() -> bool:
     """Whether glibc's vector math library can be linked (x86-64 Linux): SIMD exp/expf for the CPU kernels."""
     if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "AMD64"):
@@ -60,7 +59,9 @@ def _libmvec() -> bool:
 _MVEC = _libmvec()
 CXX_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-DNERFACCEL_EXT"] + (["-DNERFACCEL_LIBMVEC"] if _MVEC else [])
 LD_FLAGS = ["-fopenmp"] + (["-lmvec"] if _MVEC else [])
-NVCC_FLAGS = ["-O3", "-DNERFACCEL_WITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo"]
+# -fmad=false: no fused multiply-adds, like -ffp-contract=off for the CPU build, so both builds round the shared
+# math the same way (traversal's sample positions and the per-ray sums match the reference exactly).
+NVCC_FLAGS = ["-O3", "-DNERFACCEL_WITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo", "-fmad=false"]
 
 _SOURCES = {"cpp": ["bindings.cpp", "cpu_ops.cpp"], "cuda": ["bindings.cpp", "cuda_ops.cu"]}
 _PREBUILT = {"cpp": "nerfaccel_plugin._ext._C_cpu", "cuda": "nerfaccel_plugin._ext._C_cuda"}
@@ -306,6 +307,8 @@ def _prebuilt(kind: str) -> ModuleType | None:
         module = importlib.import_module(name)
     except ImportError:
         return None
+    if kind == "cuda" and not _prebuilt_cuda_runs_here(module):
+        return None
     try:
         expected = cache_key(kind, arch=_decode_arch(getattr(module, "cuda_arch", None)))
     except OSError:  # sources not shipped: trust the prebuilt binary
@@ -408,6 +411,43 @@ def defines(key: str, arch: str | None) -> list[str]:
 
 def _decode_arch(value: str | None) -> str | None:
     return value.replace("_", ";") if value else None
+
+
+def arch_runs_on(arch_list: str, capability: tuple[int, int]) -> bool:
+    """Whether a binary built for ``arch_list`` (``TORCH_CUDA_ARCH_LIST`` syntax) has code for a GPU.
+
+    Machine code for X.y runs on X.z with z >= y; PTX (``+PTX``) for X.y is compiled by the driver for any
+    newer GPU. ``"9.0;8.6+PTX"`` therefore runs on 9.0, 8.6, 8.9 and anything newer than 8.6, not on 8.0.
+    """
+    major, minor = capability
+    for entry in arch_list.replace(",", ";").replace(" ", ";").split(";"):
+        entry = entry.strip()
+        if not entry:
+            continue
+        ptx = entry.endswith("+PTX")
+        try:
+            e_major, e_minor = (int(x) for x in entry.removesuffix("+PTX").rstrip("af").split("."))
+        except ValueError:
+            continue
+        if (e_major == major and e_minor <= minor) or (ptx and (e_major, e_minor) <= (major, minor)):
+            return True
+    return False
+
+
+def _prebuilt_cuda_runs_here(module: ModuleType) -> bool:
+    """A prebuilt CUDA extension is only used when it has code for every visible GPU (else it is rebuilt)."""
+    arch = _decode_arch(getattr(module, "cuda_arch", None))
+    if not arch:
+        return True
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return True
+        caps = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+    except Exception:  # pragma: no cover - defensive: any CUDA init problem means "no GPU"
+        return True
+    return all(arch_runs_on(arch, cap) for cap in caps)
 
 
 def _setup_cuda_home() -> None:

@@ -8,43 +8,60 @@
 namespace nerfaccel {
 
 inline void check_tensor(const at::Tensor& t, const char* name, const at::Device& device) {
-  TORCH_CHECK(t.defined(), "nerfaccel: `", name, "` is undefined");
-  TORCH_CHECK(t.device() == device, "nerfaccel: `", name, "` is on ", t.device(), " but the other inputs are on ",
-              device);
-  TORCH_CHECK(t.is_contiguous(), "nerfaccel: `", name, "` must be contiguous (call .contiguous() first)");
+  TORCH_CHECK_VALUE(t.defined(), "nerfaccel: `", name, "` is undefined");
+  TORCH_CHECK_VALUE(t.device() == device, "nerfaccel: `", name, "` is on ", t.device(), " but the other inputs are on ",
+                    device);
+  TORCH_CHECK_VALUE(t.is_contiguous(), "nerfaccel: `", name, "` must be contiguous (call .contiguous() first)");
 }
 
 inline void check_float(const at::Tensor& t, const char* name, const at::Device& device) {
   check_tensor(t, name, device);
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "nerfaccel: `", name,
-              "` must be float32 or float64 (upcast float16/bfloat16 first), got ", t.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "nerfaccel: `", name,
+                   "` must be float32 or float64 (upcast float16/bfloat16 first), got ", t.scalar_type());
 }
 
 inline void check_same_dtype(const at::Tensor& a, const at::Tensor& b, const char* na, const char* nb) {
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "nerfaccel: `", na, "` (", a.scalar_type(), ") and `", nb, "` (",
-              b.scalar_type(), ") must have the same dtype");
+  TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(), "nerfaccel: `", na, "` (", a.scalar_type(), ") and `", nb,
+                   "` (", b.scalar_type(), ") must have the same dtype");
 }
 
 inline void check_dim(const at::Tensor& t, const char* name, int64_t dim) {
-  TORCH_CHECK(t.dim() == dim, "nerfaccel: `", name, "` must have ", dim, " dimensions, got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.dim() == dim, "nerfaccel: `", name, "` must have ", dim, " dimensions, got shape ", t.sizes());
 }
 
 inline void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef shape) {
-  TORCH_CHECK(t.sizes() == shape, "nerfaccel: `", name, "` must have shape ", shape, ", got ", t.sizes());
+  TORCH_CHECK_VALUE(t.sizes() == shape, "nerfaccel: `", name, "` must have shape ", shape, ", got ", t.sizes());
 }
 
 inline void check_long(const at::Tensor& t, const char* name, const at::Device& device) {
   check_tensor(t, name, device);
-  TORCH_CHECK(t.scalar_type() == at::kLong, "nerfaccel: `", name, "` must be int64, got ", t.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, "nerfaccel: `", name, "` must be int64, got ", t.scalar_type());
 }
 
 inline void check_packed_info(const at::Tensor& p, const char* name, const at::Device& device) {
   check_long(p, name, device);
-  TORCH_CHECK(p.dim() == 2 && p.size(1) == 2, "nerfaccel: `", name, "` must have shape [n_rays, 2], got ", p.sizes());
+  TORCH_CHECK_VALUE(p.dim() == 2 && p.size(1) == 2, "nerfaccel: `", name, "` must have shape [n_rays, 2], got ",
+                    p.sizes());
+}
+
+// Every chunk [start, start + count) must lie in [0, n). Checked on the host for CPU tensors only: on a GPU it
+// would cost a device sync per call, and the Python layer validates the ranges before dispatch (unless
+// NERFACCEL_SKIP_VALUE_CHECKS=1). Keeps direct torch.ops.nerfaccel.* calls on the CPU from reading or writing
+// out of bounds.
+inline void check_packed_ranges(const at::Tensor& p, const char* name, int64_t n) {
+  if (!p.device().is_cpu()) return;
+  const int64_t* pi = p.data_ptr<int64_t>();
+  for (int64_t r = 0; r < p.size(0); ++r) {
+    const int64_t start = pi[2 * r], count = pi[2 * r + 1];
+    TORCH_CHECK_VALUE(start >= 0 && count >= 0 && start <= n - count, "nerfaccel: `", name, "`[", r, "] = [", start,
+                      ", ", count, "] addresses elements outside [0, ", n,
+                      "); packed_info rows are [start, count] chunks of the flat tensor (see pack_info)");
+  }
 }
 
 inline void check_flat(const at::Tensor& t, const char* name, int64_t n) {
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == n, "nerfaccel: `", name, "` must have shape [", n, "], got ", t.sizes());
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == n, "nerfaccel: `", name, "` must have shape [", n, "], got ",
+                    t.sizes());
 }
 
 }  // namespace nerfaccel

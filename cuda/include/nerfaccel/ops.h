@@ -62,16 +62,16 @@ inline void check_rays(const Tensor& rays_o, const Tensor& rays_d) {
   check_float(rays_o, "rays_o", dev);
   check_float(rays_d, "rays_d", dev);
   check_same_dtype(rays_o, rays_d, "rays_o", "rays_d");
-  TORCH_CHECK(rays_o.dim() == 2 && rays_o.size(1) == 3, "nerfaccel: `rays_o` must have shape [n_rays, 3], got ",
-              rays_o.sizes());
+  TORCH_CHECK_VALUE(rays_o.dim() == 2 && rays_o.size(1) == 3, "nerfaccel: `rays_o` must have shape [n_rays, 3], got ",
+                    rays_o.sizes());
   check_shape(rays_d, "rays_d", rays_o.sizes());
 }
 
 inline void check_aabbs(const Tensor& aabbs, const Tensor& like) {
   check_float(aabbs, "aabbs", like.device());
   check_same_dtype(aabbs, like, "aabbs", "rays_o");
-  TORCH_CHECK(aabbs.dim() == 2 && aabbs.size(1) == 6, "nerfaccel: `aabbs` must have shape [m, 6], got ",
-              aabbs.sizes());
+  TORCH_CHECK_VALUE(aabbs.dim() == 2 && aabbs.size(1) == 6, "nerfaccel: `aabbs` must have shape [m, 6], got ",
+                    aabbs.sizes());
 }
 
 inline void check_traverse(const Tensor& rays_o, const Tensor& rays_d, const Tensor& binaries, const Tensor& aabbs,
@@ -79,7 +79,8 @@ inline void check_traverse(const Tensor& rays_o, const Tensor& rays_d, const Ten
   check_rays(rays_o, rays_d);
   const auto dev = rays_o.device();
   check_tensor(binaries, "binaries", dev);
-  TORCH_CHECK(binaries.scalar_type() == at::kBool, "nerfaccel: `binaries` must be bool, got ", binaries.scalar_type());
+  TORCH_CHECK_TYPE(binaries.scalar_type() == at::kBool, "nerfaccel: `binaries` must be bool, got ",
+                   binaries.scalar_type());
   check_dim(binaries, "binaries", 4);
   check_float(aabbs, "aabbs", dev);
   check_shape(aabbs, "aabbs", {binaries.size(0), 6});
@@ -93,6 +94,7 @@ inline void check_scan(const Tensor& inputs, const Tensor& packed_info) {
   check_float(inputs, "inputs", inputs.device());
   check_dim(inputs, "inputs", 1);
   check_packed_info(packed_info, "packed_info", inputs.device());
+  check_packed_ranges(packed_info, "packed_info", inputs.size(0));
 }
 
 inline void check_same_flat(const Tensor& t, const Tensor& ref, const char* name, const char* ref_name) {
@@ -108,6 +110,7 @@ inline void check_density(const Tensor& t_starts, const Tensor& t_ends, const Te
   check_same_flat(t_starts, sigmas, "t_starts", "sigmas");
   check_same_flat(t_ends, sigmas, "t_ends", "sigmas");
   check_packed_info(packed_info, "packed_info", sigmas.device());
+  check_packed_ranges(packed_info, "packed_info", sigmas.size(0));
 }
 
 inline void check_accumulate(const Tensor& weights, const std::optional<Tensor>& values, const Tensor& ray_indices,
@@ -116,19 +119,19 @@ inline void check_accumulate(const Tensor& weights, const std::optional<Tensor>&
   check_dim(weights, "weights", 1);
   check_long(ray_indices, "ray_indices", weights.device());
   check_flat(ray_indices, "ray_indices", weights.size(0));
-  TORCH_CHECK(n_rays >= 0, "nerfaccel: `n_rays` must be >= 0, got ", n_rays);
+  TORCH_CHECK_VALUE(n_rays >= 0, "nerfaccel: `n_rays` must be >= 0, got ", n_rays);
   if (values.has_value()) {
     check_float(*values, "values", weights.device());
     check_same_dtype(*values, weights, "values", "weights");
-    TORCH_CHECK(values->dim() == 2 && values->size(0) == weights.size(0),
-                "nerfaccel: `values` must have shape [n_samples, d] with n_samples = ", weights.size(0), ", got ",
-                values->sizes());
+    TORCH_CHECK_VALUE(values->dim() == 2 && values->size(0) == weights.size(0),
+                      "nerfaccel: `values` must have shape [n_samples, d] with n_samples = ", weights.size(0), ", got ",
+                      values->sizes());
   }
 }
 
 inline void check_points(const Tensor& x, const Tensor& aabb) {
   check_float(x, "x", x.device());
-  TORCH_CHECK(x.dim() == 2 && x.size(1) == 3, "nerfaccel: `x` must have shape [n, 3], got ", x.sizes());
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) == 3, "nerfaccel: `x` must have shape [n, 3], got ", x.sizes());
   check_float(aabb, "aabb", x.device());
   check_same_dtype(aabb, x, "aabb", "x");
   check_shape(aabb, "aabb", {6});
@@ -136,16 +139,16 @@ inline void check_points(const Tensor& x, const Tensor& aabb) {
 
 inline void check_hash(const Tensor& x, const Tensor& table, const Tensor& scales, int64_t table_size) {
   check_float(x, "x", x.device());
-  TORCH_CHECK(x.dim() == 2 && x.size(1) == 3, "nerfaccel: `x` must have shape [n, 3], got ", x.sizes());
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) == 3, "nerfaccel: `x` must have shape [n, 3], got ", x.sizes());
   check_float(table, "table", x.device());
   check_same_dtype(table, x, "table", "x");
   check_float(scales, "scales", x.device());
   check_same_dtype(scales, x, "scales", "x");
   check_dim(scales, "scales", 1);
-  TORCH_CHECK(table_size > 0, "nerfaccel: `table_size` must be > 0, got ", table_size);
-  TORCH_CHECK(table.dim() == 2 && table.size(0) == scales.size(0) * table_size,
-              "nerfaccel: `table` must have shape [levels * table_size, features] = [", scales.size(0) * table_size,
-              ", F], got ", table.sizes());
+  TORCH_CHECK_VALUE(table_size > 0, "nerfaccel: `table_size` must be > 0, got ", table_size);
+  TORCH_CHECK_VALUE(table.dim() == 2 && table.size(0) == scales.size(0) * table_size,
+                    "nerfaccel: `table` must have shape [levels * table_size, features] = [",
+                    scales.size(0) * table_size, ", F], got ", table.sizes());
 }
 
 }  // namespace nerfaccel
