@@ -1,1 +1,8 @@
-"""Registered Nerfstudio methods, one module each (installed as ``nerfaccel_plugin.method_configs``)."""
+"""Registered Nerfstudio methods, one module each (installed as ``nerfaccel_plugin.method_configs``).
+
+:func:`method_config` builds a fresh config of any method with the GPU or the CPU defaults.
+"""
+
+from ._common import method_config
+
+__all__ = ["method_config"]

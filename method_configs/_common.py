@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
@@ -70,6 +73,7 @@ def make_trainer_config(
     gpu_target_samples: int = 1 << 18,
     cpu_target_samples: int = 1 << 14,
     proposal: bool = False,
+    on_gpu: bool | None = None,
 ) -> NerfaccelTrainerConfig:
     """A Nerfstudio ``TrainerConfig`` for one nerfaccel method.
 
@@ -86,10 +90,17 @@ def make_trainer_config(
         gpu_target_samples: Samples per batch on a GPU (the dynamic ray count follows it).
         cpu_target_samples: Samples per batch on the CPU.
         proposal: Add the ``proposal_networks`` optimizer group.
+        on_gpu: Build the GPU (True) or CPU (False) defaults; ``None`` picks by the machine (:data:`ON_GPU`).
 
     Returns:
-        The trainer config.
+        The trainer config. A builder for either variant is kept for :func:`method_config`.
     """
+    arguments = dict(locals())
+    arguments["model"], arguments["dataparser"] = copy.deepcopy(model), copy.deepcopy(dataparser)
+    _BUILDERS[method_name] = lambda gpu: make_trainer_config(**{**copy.deepcopy(arguments), "on_gpu": gpu})
+    device_type = default_device_type() if on_gpu is None else ("cuda" if on_gpu else "cpu")
+    ON_GPU = device_type == "cuda"  # noqa: N806 - shadows the module default for this config
+    model = copy.deepcopy(model)
     steps = gpu_steps if ON_GPU else cpu_steps
     target = gpu_target_samples if ON_GPU else cpu_target_samples
     if not ON_GPU:
@@ -130,5 +141,34 @@ def make_trainer_config(
         optimizers=optimizers,
         viewer=ViewerConfig(num_rays_per_chunk=1 << 15 if ON_GPU else 1 << 12),
         vis="viewer",
-        machine=MachineConfig(device_type=default_device_type()),
+        machine=MachineConfig(device_type=device_type),
     )
+
+
+_BUILDERS: dict[str, Callable[[bool], NerfaccelTrainerConfig]] = {}
+
+
+def method_config(method_name: str, device_type: Literal["cuda", "cpu"] | None = None) -> NerfaccelTrainerConfig:
+    """A fresh trainer config of a registered nerfaccel method, with the GPU or the CPU defaults.
+
+    The registered configs are built once, for the machine they are imported on; this builds either variant
+    on any machine (e.g. CPU-sized settings for a test on a machine that has a GPU).
+
+    Args:
+        method_name: ``"nerfaccel-lego"``, ``"nerfaccel-ngp"``, ``"nerfaccel-360"``, ``"nerfaccel-vanilla"`` or
+            ``"nerfaccel-dnerf"``.
+        device_type: ``"cuda"`` for the GPU defaults, ``"cpu"`` for the CPU defaults, ``None`` for this machine's.
+
+    Returns:
+        A new config; changing it does not touch the registered one.
+    """
+    import importlib
+
+    for module in ("lego", "ngp", "unbounded", "vanilla", "dnerf"):  # importing a module registers its builder
+        importlib.import_module(f"nerfaccel_plugin.method_configs.{module}")
+
+    if method_name not in _BUILDERS:
+        raise ValueError(f"unknown method {method_name!r}; expected one of {sorted(_BUILDERS)}")
+    if device_type not in (None, "cuda", "cpu"):
+        raise ValueError(f"device_type must be 'cuda', 'cpu' or None, got {device_type!r}")
+    return _BUILDERS[method_name](ON_GPU if device_type is None else device_type == "cuda")

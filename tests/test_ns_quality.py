@@ -8,7 +8,6 @@ image is well above an untrained field. Uses the methods' CPU defaults (64^3 gri
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 
@@ -23,7 +22,7 @@ RES, VIEWS, STEPS = 64, 40, 400
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """``nerfaccel-lego`` trained in-process for ``STEPS`` steps on a 64 px embedded scene."""
-    from nerfaccel_plugin.method_configs.lego import nerfaccel_lego
+    from nerfaccel_plugin.method_configs import method_config
 
     from nerfaccel_plugin._ext.build import cache_root
     from nerfaccel_plugin.dataparsers import NerfaccelBlenderDataParserConfig
@@ -37,11 +36,9 @@ def trained(tmp_path_factory):
     try:
         torch.manual_seed(0)
         data = Path(get_scene(dynamic=False, resolution=RES, views=VIEWS))
-        cfg = copy.deepcopy(nerfaccel_lego.config)
+        cfg = method_config("nerfaccel-lego", "cpu")  # the CPU defaults, also on a machine with a GPU
         cfg.pipeline.datamanager.dataparser = NerfaccelBlenderDataParserConfig(data=data)
         cfg.pipeline.model.eval_num_rays_per_chunk = 4096
-        cfg.machine.device_type = "cpu"
-        cfg.mixed_precision = False
         cfg.vis = "tensorboard"
         cfg.output_dir = tmp / "out"
         cfg.max_num_iterations = STEPS
