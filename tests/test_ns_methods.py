@@ -161,9 +161,13 @@ def resume(config_path: Path, tmp: Path, extra_steps: int):
     trainer.train()
     resumed = sorted(cfg.get_checkpoint_dir().glob("step-*.ckpt"))
     assert resumed and resumed[-1].name == f"step-{saved['step'] + extra_steps:09d}.ckpt"
+    if trainer.pipeline.model.config.sampler == "occupancy":
+        assert grid, "an occupancy-grid method must checkpoint its grid"
     if grid:  # the grid kept being updated from the resumed state, not from scratch
         after = torch.load(resumed[-1], map_location="cpu")["pipeline"]
-        assert any(not torch.equal(after[k], v) for k, v in grid.items() if k in after)
+        common = [k for k in grid if k in after]
+        assert common, "the grid is missing from the resumed run's checkpoint"
+        assert any(not torch.equal(after[k], grid[k]) for k in common)
     return trainer
 
 
@@ -209,6 +213,7 @@ def test_lego_cli_end_to_end(tmp_path: Path, env: dict, lego_run: tuple[Path, st
     run("ns-eval", ["--load-config", config, "--output-path", tmp_path / "eval.json"], tmp_path, env)
     results = json.loads((tmp_path / "eval.json").read_text())["results"]
     assert {"psnr", "ssim"} <= set(results)
+    assert math.isfinite(results["psnr"]) and results["psnr"] > 5 and 0 < results["ssim"] <= 1
 
     if HAS_FFMPEG:
         video = tmp_path / "spiral.mp4"

@@ -192,7 +192,8 @@ def test_proposal_sampler_concentrates_samples_and_trains_its_networks() -> None
     loss = sampler.loss(trans)
     assert loss.ndim == 0 and bool(torch.isfinite(loss))
     loss.backward()
-    assert any(net.log_density.grad is not None for net in nets)
+    grads = [net.log_density.grad for net in nets]
+    assert any(g is not None and float(g.abs().sum()) > 0 for g in grads), "the proposal loss must train the nets"
 
 
 def test_proposal_sampler_checks_its_arguments() -> None:
@@ -201,6 +202,42 @@ def test_proposal_sampler_checks_its_arguments() -> None:
 
 
 def test_callbacks_are_nerfstudio_callbacks() -> None:
+    from nerfstudio.engine.callbacks import TrainingCallback
+
     sampler = trained_ball_sampler()
-    for cb in sampler.get_training_callbacks():
+    callbacks = sampler.get_training_callbacks()
+    assert len(callbacks) >= 1
+    for cb in callbacks:
+        assert isinstance(cb, TrainingCallback)
         assert TrainingCallbackLocation.BEFORE_TRAIN_ITERATION in cb.where_to_run
+
+
+def test_time_samples_keep_the_maximum_over_time() -> None:
+    """A dynamic field: the grid must cover where the object is at *any* time, not only at one time."""
+    torch.manual_seed(0)
+    path_start, path_end, radius = torch.tensor([-0.6, 0.0, 0.0]), torch.tensor([0.6, 0.0, 0.0]), 0.2
+
+    def moving_ball(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # centre moves along x as t goes 0 -> 1
+        centre = path_start + t.reshape(-1, 1) * (path_end - path_start)
+        return 100.0 * ((x - centre).norm(dim=-1) < radius).float()
+
+    aabb = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+    sampler = OccupancyGridSampler(
+        aabb, density_fn=moving_ball, resolution=16, update_every=1, warmup_steps=100, time_samples=4
+    )
+    sampler.train()
+    run_callbacks(sampler.get_training_callbacks(), 24)
+    res = 16
+    idx = torch.stack(torch.meshgrid(*[torch.arange(res)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    centres = (idx.float() + 0.5) / res * 2.0 - 1.0
+    # distance from each cell centre to the segment the ball's centre sweeps
+    s = ((centres - path_start) @ (path_end - path_start) / (path_end - path_start).square().sum()).clamp(0, 1)
+    dist = (centres - (path_start + s[:, None] * (path_end - path_start))).norm(dim=-1)
+    occupied = sampler.occupancy_grid.binaries[0].reshape(-1)
+    half_diag = 3**0.5 / res
+    swept = dist < radius - half_diag
+    assert swept.sum() > 20 and occupied[swept].all(), "every cell the ball passes through must be occupied"
+    assert not occupied[dist > radius + half_diag].any(), "cells the ball never reaches must stay empty"
+    # one time alone would not do: at t = 0 the ball is nowhere near the end of its path
+    end_cell = swept & (centres[:, 0] > 0.5)
+    assert end_cell.any() and float(moving_ball(centres[end_cell], torch.zeros(int(end_cell.sum()))).max()) == 0.0

@@ -103,7 +103,7 @@ def test_dnerf_dataparser_round_trip(dynamic_dir: Path) -> None:
 
 
 def test_dynamic_images_change_over_time(dynamic_dir: Path, static_dir: Path) -> None:
-    """Test views at different times differ in the dynamic set; the static set's test path is also shared."""
+    """Test views at different times differ in the dynamic set; the static scene is the same at every time."""
     scene = BrickScene(dynamic=True)
     meta = json.loads((dynamic_dir / "transforms_test.json").read_text())
     f0, f1 = meta["frames"][0], meta["frames"][2]
