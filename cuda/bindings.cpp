@@ -45,5 +45,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #ifndef NERFACCEL_WITH_CUDA
   m.def("hash_encode_fwd", &na::hash_encode_fwd);  // CPU build only (CUDA uses tiny-cuda-nn or torch)
   m.def("hash_encode_bwd", &na::hash_encode_bwd);
+  m.def("render_density_fwd_fused", &na::render_density_fwd_fused);  // the CUDA per-ray loops, for tests
+  m.def("render_density_bwd_fused", &na::render_density_bwd_fused);
 #endif
 }

@@ -190,8 +190,13 @@ Tensor scan_bwd(const Tensor& grad, const Tensor& inputs, const Tensor& outputs,
   return gx;
 }
 
-Tensors3 render_density_fwd(const Tensor& t_starts, const Tensor& t_ends, const Tensor& sigmas,
-                            const Tensor& packed_info) {
+namespace {
+
+// kFused: the one-pass per-ray loops the CUDA kernels run (exposed for tests); otherwise the two-pass loops with
+// vectorised exponentials.
+template <bool kFused>
+Tensors3 render_density_fwd_impl(const Tensor& t_starts, const Tensor& t_ends, const Tensor& sigmas,
+                                 const Tensor& packed_info) {
   check_density(t_starts, t_ends, sigmas, packed_info);
   const int64_t n = sigmas.size(0), n_rays = packed_info.size(0);
   auto weights = at::zeros_like(sigmas);
@@ -208,15 +213,20 @@ Tensors3 render_density_fwd(const Tensor& t_starts, const Tensor& t_ends, const 
     // Samples outside every chunk still get their alpha; skipped when the chunks cover everything.
     if (!covers_all(pi, n_rays, n)) parallel_elems(n, [&](int64_t i) { a[i] = density_alpha(t0[i], t1[i], sg[i]); });
     parallel_rays(n_rays, [&](int64_t r) {
-      render_density_fwd_ray_2pass(t0, t1, sg, a, w, tr, pi[2 * r], pi[2 * r + 1]);
+      if (kFused) {
+        render_density_fwd_ray(t0, t1, sg, a, w, tr, pi[2 * r], pi[2 * r + 1]);
+      } else {
+        render_density_fwd_ray_2pass(t0, t1, sg, a, w, tr, pi[2 * r], pi[2 * r + 1]);
+      }
     });
   });
   return {weights, trans, alphas};
 }
 
-Tensors3 render_density_bwd(const Tensor& g_w, const Tensor& g_trans, const Tensor& g_alpha, const Tensor& t_starts,
-                            const Tensor& t_ends, const Tensor& sigmas, const Tensor& trans, const Tensor& alphas,
-                            const Tensor& packed_info) {
+template <bool kFused>
+Tensors3 render_density_bwd_impl(const Tensor& g_w, const Tensor& g_trans, const Tensor& g_alpha,
+                                 const Tensor& t_starts, const Tensor& t_ends, const Tensor& sigmas,
+                                 const Tensor& trans, const Tensor& alphas, const Tensor& packed_info) {
   check_density(t_starts, t_ends, sigmas, packed_info);
   check_same_flat(g_w, sigmas, "grad_weights", "sigmas");
   check_same_flat(g_trans, sigmas, "grad_trans", "sigmas");
@@ -245,10 +255,38 @@ Tensors3 render_density_bwd(const Tensor& g_w, const Tensor& g_trans, const Tens
       parallel_elems(n, [&](int64_t i) { render_density_bwd_elem(ga, t0, t1, sg, o0, o1, os, i); });
     }
     parallel_rays(n_rays, [&](int64_t r) {
-      render_density_bwd_ray_2pass(gw, gt, ga, t0, t1, sg, tr, a, o0, o1, os, pi[2 * r], pi[2 * r + 1]);
+      if (kFused) {
+        render_density_bwd_ray(gw, gt, ga, t0, t1, sg, tr, a, o0, o1, os, pi[2 * r], pi[2 * r + 1]);
+      } else {
+        render_density_bwd_ray_2pass(gw, gt, ga, t0, t1, sg, tr, a, o0, o1, os, pi[2 * r], pi[2 * r + 1]);
+      }
     });
   });
   return {g_t0, g_t1, g_sg};
+}
+
+}  // namespace
+
+Tensors3 render_density_fwd(const Tensor& t_starts, const Tensor& t_ends, const Tensor& sigmas,
+                            const Tensor& packed_info) {
+  return render_density_fwd_impl<false>(t_starts, t_ends, sigmas, packed_info);
+}
+
+Tensors3 render_density_bwd(const Tensor& g_w, const Tensor& g_trans, const Tensor& g_alpha, const Tensor& t_starts,
+                            const Tensor& t_ends, const Tensor& sigmas, const Tensor& trans, const Tensor& alphas,
+                            const Tensor& packed_info) {
+  return render_density_bwd_impl<false>(g_w, g_trans, g_alpha, t_starts, t_ends, sigmas, trans, alphas, packed_info);
+}
+
+Tensors3 render_density_fwd_fused(const Tensor& t_starts, const Tensor& t_ends, const Tensor& sigmas,
+                                  const Tensor& packed_info) {
+  return render_density_fwd_impl<true>(t_starts, t_ends, sigmas, packed_info);
+}
+
+Tensors3 render_density_bwd_fused(const Tensor& g_w, const Tensor& g_trans, const Tensor& g_alpha,
+                                  const Tensor& t_starts, const Tensor& t_ends, const Tensor& sigmas,
+                                  const Tensor& trans, const Tensor& alphas, const Tensor& packed_info) {
+  return render_density_bwd_impl<true>(g_w, g_trans, g_alpha, t_starts, t_ends, sigmas, trans, alphas, packed_info);
 }
 
 Tensors2 render_alpha_fwd(const Tensor& alphas, const Tensor& packed_info) {

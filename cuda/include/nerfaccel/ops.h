@@ -53,6 +53,13 @@ Tensor hash_encode_fwd(const Tensor& x, const Tensor& table, const Tensor& scale
 Tensors2 hash_encode_bwd(const Tensor& grad_out, const Tensor& x, const Tensor& table, const Tensor& scales,
                          int64_t table_size, bool need_x_grad);
 Tensor grid_ema_update(const Tensor& occs, const Tensor& cell_ids, const Tensor& values, double ema_decay);
+// CPU build only: density rendering through the fused one-pass per-ray loops that the CUDA kernels run (the CPU
+// ops use the two-pass loops with vectorised exponentials), so the GPU's per-ray math is tested without a GPU.
+Tensors3 render_density_fwd_fused(const Tensor& t_starts, const Tensor& t_ends, const Tensor& sigmas,
+                                  const Tensor& packed_info);
+Tensors3 render_density_bwd_fused(const Tensor& g_w, const Tensor& g_trans, const Tensor& g_alpha,
+                                  const Tensor& t_starts, const Tensor& t_ends, const Tensor& sigmas,
+                                  const Tensor& trans, const Tensor& alphas, const Tensor& packed_info);
 
 // ---------------------------------------------------------------------------------------------
 // Argument checks (host only, shared by both implementations)
