@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 import torch
 from jaxtyping import Float
-from nerfstudio.cameras.rays import RaySamples
+from nerfstudio.cameras.rays import Frustums, RaySamples
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.field_components.activations import trunc_exp
 from nerfstudio.field_components.encodings import HashEncoding, NeRFEncoding, SHEncoding
@@ -95,6 +95,27 @@ class TimeHashField(Field):
         if ray_samples.times is None:
             return torch.zeros((*like.shape[:-1], 1), dtype=like.dtype, device=like.device)
         return ray_samples.times.reshape(*like.shape[:-1], 1).to(like)
+
+    def density_fn(
+        self, positions: Float[Tensor, "*bs 3"], times: Optional[Float[Tensor, "*bs 1"]] = None
+    ) -> Float[Tensor, "*bs 1"]:
+        """Density at ``positions`` and ``times`` (for the occupancy grid and sample culling).
+
+        Nerfstudio's ``Field.density_fn`` drops ``times``, which would freeze a dynamic scene at time 0 for the
+        grid; this one passes them on.
+        """
+        ray_samples = RaySamples(
+            frustums=Frustums(
+                origins=positions,
+                directions=torch.ones_like(positions),
+                starts=torch.zeros_like(positions[..., :1]),
+                ends=torch.zeros_like(positions[..., :1]),
+                pixel_area=torch.ones_like(positions[..., :1]),
+            ),
+            times=times,
+        )
+        density, _ = self.get_density(ray_samples)
+        return density
 
     def get_density(self, ray_samples: RaySamples) -> tuple[Float[Tensor, "*bs 1"], Float[Tensor, "*bs geo"]]:
         """Density ``(*bs, 1)`` and geometry features ``(*bs, geo_feat_dim)`` at the samples' positions and times."""
