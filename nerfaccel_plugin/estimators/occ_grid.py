@@ -241,6 +241,11 @@ class OccGridEstimator(AbstractEstimator):
         res = self.resolution.to(self.occs.dtype)
         occs = self.occs
         ema = get_op("_grid_ema_update", occs.device)
+        # Under torch.distributed every rank evaluates its own random cells (their seeds differ). The fresh
+        # values are combined first (max over ranks), then one EMA step runs on the union of evaluated cells, so
+        # every rank applies the same update: the result a single process evaluating all of them would get.
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        fresh = torch.full_like(occs, -torch.inf) if distributed else None
         for lvl, indices in enumerate(lvl_indices):
             coords = self.grid_coords[indices]
             x = (coords + torch.rand_like(coords, dtype=occs.dtype)) / res
@@ -252,11 +257,15 @@ class OccGridEstimator(AbstractEstimator):
                     f"got {getattr(occ, 'shape', type(occ).__name__)}."
                 )
             occ = torch.nan_to_num(occ.reshape(-1).detach().to(occs.dtype), nan=0.0)
-            occs = ema(
-                occs.contiguous(), (lvl * self.cells_per_lvl + indices).contiguous(), occ.contiguous(), float(ema_decay)
-            )
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(occs, op=dist.ReduceOp.MAX)
+            cell_ids = (lvl * self.cells_per_lvl + indices).contiguous()
+            if fresh is not None:
+                fresh.scatter_reduce_(0, cell_ids, occ, "amax")
+            else:
+                occs = ema(occs.contiguous(), cell_ids, occ.contiguous(), float(ema_decay))
+        if fresh is not None:
+            dist.all_reduce(fresh, op=dist.ReduceOp.MAX)
+            cell_ids = torch.nonzero(fresh > -torch.inf)[:, 0]
+            occs = ema(occs.contiguous(), cell_ids, fresh[cell_ids].contiguous(), float(ema_decay))
         self.occs.copy_(occs)
         visible = self.occs.clamp(min=0)
         thre = torch.clamp(visible.mean(), max=occ_thre)

@@ -38,6 +38,8 @@ def _worker(rank: int, world_size: int, port: int, config: TrainerConfig, dump_d
             grid = getattr(model, "occupancy_grid", None)
             state = {k: v.detach().cpu() for k, v in grid.state_dict().items()} if grid is not None else {}
             torch.save(state, Path(dump_dir) / f"grid-rank{rank}.pt")
+            params = {k: v.detach().cpu() for k, v in model.named_parameters()}
+            torch.save(params, Path(dump_dir) / f"params-rank{rank}.pt")
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -49,7 +51,8 @@ def train_distributed_cpu(config: TrainerConfig, world_size: int = 2, dump_dir: 
     Args:
         config: A trainer config (its ``machine.device_type`` must be ``"cpu"``).
         world_size: Number of processes.
-        dump_dir: If given, each rank saves its occupancy-grid state to ``grid-rank{rank}.pt`` there.
+        dump_dir: If given, each rank saves its occupancy-grid state to ``grid-rank{rank}.pt`` and its model
+            parameters to ``params-rank{rank}.pt`` there.
     """
     if config.machine.device_type != "cpu":
         raise ValueError("train_distributed_cpu needs --machine.device-type cpu; use ns-train on GPUs.")

@@ -7,7 +7,7 @@ time-conditioned hash grid), the sampler (occupancy grid or proposal networks) a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import torch
 from jaxtyping import Float
@@ -34,9 +34,13 @@ from ..volrend import accumulate_along_rays, render_weight_from_density
 _COLORS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
 
 
-def _hash_implementation() -> Literal["tcnn", "torch"]:
-    """tiny-cuda-nn when it is installed and a GPU is present, torch otherwise (no warning spam)."""
-    if not torch.cuda.is_available():
+def _hash_implementation(choice: str, device: Optional[Union[str, torch.device]]) -> Literal["tcnn", "torch"]:
+    """The hash-grid backend: ``choice`` when explicit; for ``auto`` tiny-cuda-nn when it is installed and the
+    model lives on a CUDA device, torch otherwise (no warning spam)."""
+    if choice in ("tcnn", "torch"):
+        return choice  # type: ignore[return-value]
+    on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+    if not on_cuda or not torch.cuda.is_available():
         return "torch"
     try:
         import tinycudann  # noqa: F401
@@ -151,6 +155,10 @@ class NerfaccelModelConfig(ModelConfig):
     """Occupancy sampler at evaluation / in the viewer / ``ns-render``: march rays in segments of this many steps
     and stop each ray once its transmittance is below ``early_stop_eps``, so samples hidden behind surfaces are
     never evaluated (0: evaluate every sample in occupied cells at once)."""
+    hash_implementation: Literal["auto", "tcnn", "torch"] = "auto"
+    """Hash-grid backend: ``auto`` uses tiny-cuda-nn when it is installed and the model is on a GPU, Nerfstudio's
+    torch ``HashEncoding`` otherwise. The two store different parameters, so a checkpoint loads only into the
+    backend it was trained with (``torch`` gives checkpoints that load anywhere)."""
     cpu_hash_kernel: bool = True
     """Run hash encodings on CPU tensors through nerfaccel's fused C++ kernel (same parameters and results as
     Nerfstudio's torch path, several times faster); tiny-cuda-nn / GPU encodings are untouched."""
@@ -194,7 +202,8 @@ class NerfaccelModel(Model):
         extent = aabb[1] - aabb[0]
         if not bool((extent > 0).all()) or not bool(torch.isfinite(aabb).all()):
             raise ValueError(f"Empty or invalid scene box {aabb.tolist()}: check the dataparser's scene box options.")
-        impl = _hash_implementation()
+        impl = _hash_implementation(cfg.hash_implementation, self.kwargs.get("device"))
+        self.hash_implementation = impl
         contraction = None if cfg.contraction == "none" else AabbContraction(aabb, order=cfg.contraction)
 
         if cfg.field_type == "hash":
@@ -212,6 +221,7 @@ class NerfaccelModel(Model):
                 num_layers_color=cfg.num_layers_color,
                 hidden_dim_color=cfg.hidden_dim_color,
                 appearance_embedding_dim=cfg.appearance_embedding_dim,
+                use_average_appearance_embedding=True,  # eval / novel views: the mean embedding, not zeros
                 spatial_distortion=contraction,
                 implementation=impl,
             )
@@ -373,7 +383,12 @@ class NerfaccelModel(Model):
             acc = weights.sum(dim=-1, keepdim=True)
             depth = (weights * (t_starts + t_ends) * 0.5).sum(dim=-1, keepdim=True)
             num_samples = torch.full((n_rays,), t_starts.shape[-1], dtype=torch.long, device=device)
-            outputs = {"trans": trans, "weights": weights, "t_starts": t_starts, "t_ends": t_ends}
+            outputs = {}
+            if self.training:
+                # The proposal loss is computed here, inside forward, so that under DDP the proposal networks'
+                # parameters are reachable from the outputs (else DDP marks them unused and fails on backward).
+                outputs = {"trans": trans, "weights": weights, "t_starts": t_starts, "t_ends": t_ends}
+                outputs["interlevel_loss"] = self.sampler.loss(trans.detach())
         rgb = rgb + background * (1.0 - acc)
         depth = depth / acc.clamp(min=1e-10)
         outputs.update(
@@ -459,6 +474,24 @@ class NerfaccelModel(Model):
         alpha = image[..., 3:4]
         return image[..., :3] * alpha + background.to(image) * (1.0 - alpha)
 
+    def get_rgba_image(self, outputs: dict[str, Tensor], output_name: str = "rgb") -> Tensor:
+        """RGBA ``(..., 4)`` of a render (``ns-render --rendered-output-names rgba``, ``ns-export`` point clouds).
+
+        The rendered ``rgb`` is composited on the background (``eval_background_color`` outside training); this
+        removes it again and returns the straight colour with the accumulation as alpha.
+        """
+        acc_name = output_name.replace("rgb", "accumulation")
+        if acc_name not in outputs:
+            raise NotImplementedError(f"no `{acc_name}` output to build an RGBA image of `{output_name}` from")
+        rgb, acc = outputs[output_name], outputs[acc_name]
+        if acc.dim() < rgb.dim():
+            acc = acc.unsqueeze(-1)
+        background = outputs.get("background")
+        if background is None:
+            background = torch.tensor(_COLORS[self.config.eval_background_color], device=rgb.device, dtype=rgb.dtype)
+        foreground = rgb - background * (1.0 - acc)
+        return torch.cat(((foreground / acc.clamp(min=1e-10)).clamp(0.0, 1.0), acc), dim=-1)
+
     def get_metrics_dict(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Training PSNR and the number of samples of the batch (drives the dynamic ray count)."""
         image = self._gt(batch["image"].to(self.device), outputs.get("background"))
@@ -473,8 +506,8 @@ class NerfaccelModel(Model):
         """Photometric MSE (on the same background as the render), plus proposal / distortion losses."""
         image = self._gt(batch["image"].to(self.device), outputs.get("background"))
         losses = {"rgb_loss": torch.nn.functional.mse_loss(outputs["rgb"], image)}
-        if self.training and isinstance(self.sampler, ProposalSampler):
-            losses["interlevel_loss"] = self.config.interlevel_loss_mult * self.sampler.loss(outputs["trans"].detach())
+        if self.training and "interlevel_loss" in outputs:
+            losses["interlevel_loss"] = self.config.interlevel_loss_mult * outputs["interlevel_loss"]
             if self.config.distortion_loss_mult > 0:
                 from ..losses import distortion
 

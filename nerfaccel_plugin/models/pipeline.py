@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import torch
 import torch.distributed as dist
@@ -56,6 +57,9 @@ class NerfaccelPipeline(DynamicBatchPipeline):
     ) -> None:
         # Build everything single-process, then wrap for DDP ourselves: Nerfstudio passes GPU device ids,
         # which DDP rejects for CPU modules.
+        if torch.device(device).type == "cuda" and torch.cuda.is_available():
+            # Nerfstudio never sets the current device; tiny-cuda-nn and .cuda() calls allocate on it.
+            torch.cuda.set_device(torch.device(device))
         super().__init__(config, device, test_mode, 1, local_rank, grad_scaler)
         self.world_size = world_size
         self.datamanager.world_size = world_size
@@ -65,12 +69,38 @@ class NerfaccelPipeline(DynamicBatchPipeline):
             on_gpu = torch.device(device).type == "cuda"
             self._model = typing.cast(
                 Model,
-                DDP(self._model, device_ids=[local_rank] if on_gpu else None, find_unused_parameters=True),
+                # broadcast_buffers=False: the occupancy grid is all-reduced by its update, so re-sending every
+                # buffer (grid and its coordinate tables, ~100 MB at 128^3) each step would be pure overhead.
+                DDP(
+                    self._model,
+                    device_ids=[local_rank] if on_gpu else None,
+                    find_unused_parameters=True,
+                    broadcast_buffers=False,
+                ),
             )
             if on_gpu:
                 dist.barrier(device_ids=[local_rank])
             else:
                 dist.barrier()
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: Optional[bool] = None) -> None:
+        """Nerfstudio's loading, after checking the checkpoint was trained with this model's hash-grid backend.
+
+        tiny-cuda-nn and torch fields store different parameters; Nerfstudio would fall back to a non-strict
+        load and silently keep a randomly initialised field next to a loaded grid.
+        """
+        model_keys = [k for k in state_dict if k.startswith("_model.")]
+        ckpt_tcnn = any("tcnn_encoding" in k for k in model_keys)
+        ours_tcnn = any("tcnn_encoding" in k for k in self.model.state_dict())
+        if model_keys and ckpt_tcnn != ours_tcnn:
+            trained, here = ("tiny-cuda-nn", "torch") if ckpt_tcnn else ("torch", "tiny-cuda-nn")
+            raise ValueError(
+                f"This checkpoint's field was trained with the {trained} hash grid / MLPs, but this model uses "
+                f"{here}. Load it where the same backend is used (tiny-cuda-nn needs `tinycudann` and a GPU), or "
+                f"set --pipeline.model.hash-implementation {'tcnn' if ckpt_tcnn else 'torch'}; train with "
+                "--pipeline.model.hash-implementation torch for checkpoints that load anywhere."
+            )
+        super().load_state_dict(state_dict, strict)
 
     def _update_dynamic_num_rays_per_batch(self, num_samples_per_batch: int) -> None:
         """Scales the ray count towards the sample target, within ``[min_rays_per_batch, max_rays_per_batch]``.
@@ -79,9 +109,7 @@ class NerfaccelPipeline(DynamicBatchPipeline):
         """
         n = float(max(int(num_samples_per_batch), 1))
         if self.world_size > 1 and dist.is_available() and dist.is_initialized():
-            t = torch.tensor([n], dtype=torch.float64)
-            if dist.get_backend() == "nccl":
-                t = t.cuda()
+            t = torch.tensor([n], dtype=torch.float64, device=self.device if dist.get_backend() == "nccl" else "cpu")
             dist.all_reduce(t)
             n = float(t.item()) / self.world_size
         rays = int(self.dynamic_num_rays_per_batch * (self.config.target_num_samples / n))
