@@ -23,7 +23,14 @@ from setuptools import find_packages, setup
 ROOT = Path(__file__).resolve().parent
 
 packages = find_packages(include=["nerfaccel_plugin", "nerfaccel_plugin.*"])
-packages += ["nerfaccel_plugin.method_configs", "nerfaccel_plugin.csrc"]
+# cuda/include/nerfaccel holds only headers; listing it as a package (mapped below) ships it without
+# setuptools' "package data directory is not a package" warning.
+packages += [
+    "nerfaccel_plugin.method_configs",
+    "nerfaccel_plugin.csrc",
+    "nerfaccel_plugin.csrc.include",
+    "nerfaccel_plugin.csrc.include.nerfaccel",
+]
 
 
 def _extensions(mode: str):
@@ -87,9 +94,12 @@ setup(
         "nerfaccel_plugin": "nerfaccel_plugin",
         "nerfaccel_plugin.method_configs": "method_configs",
         "nerfaccel_plugin.csrc": "cuda",
+        "nerfaccel_plugin.csrc.include": "cuda/include",
+        "nerfaccel_plugin.csrc.include.nerfaccel": "cuda/include/nerfaccel",
     },
     package_data={
-        "nerfaccel_plugin.csrc": ["*.h", "*.cuh", "*.cpp", "*.cu", "*.hpp", "**/*.h", "**/*.cuh", "**/*.cpp", "**/*.cu"]
+        "nerfaccel_plugin.csrc": ["*.h", "*.cuh", "*.cpp", "*.cu", "*.hpp"],
+        "nerfaccel_plugin.csrc.include.nerfaccel": ["*.h", "*.cuh", "*.hpp"],
     },
     include_package_data=True,
     ext_modules=ext_modules,
