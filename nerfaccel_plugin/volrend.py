@@ -1,13 +1,15 @@
 """Packed volume rendering: weights, transmittance, visibility and accumulation along rays.
 
-All functions accept batched ``(n_rays, n_samples)`` tensors or flattened ``(all_samples,)`` tensors
-with either ``packed_info`` or ``ray_indices`` (+ ``n_rays``), like nerfacc 0.5. Flattened samples
-must be sorted by ray. Weights, transmittance and opacity are computed by one fused primitive per
-call (one pass per ray in the kernels) rather than a scan followed by a gather.
+All functions accept batched ``(..., n_samples)`` tensors (any number of leading dimensions; a 1-D
+tensor is one ray) or flattened ``(all_samples,)`` tensors with either ``packed_info`` or
+``ray_indices`` (+ ``n_rays``), like nerfacc 0.5. Flattened samples must be sorted by ray. Weights,
+transmittance and opacity are computed by one fused primitive per call (one pass per ray in the
+kernels) rather than a scan followed by a gather.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Optional
 
@@ -27,19 +29,28 @@ def _layout(
     ray_indices: Optional[Tensor],
     n_rays: Optional[int],
 ) -> tuple[Tensor, Optional[torch.Size]]:
-    """Returns ``(packed_info, batched_shape or None)`` describing the sample layout of ``ref``."""
+    """Returns ``(packed_info, batched_shape or None)`` describing the sample layout of ``ref``.
+
+    Without ``packed_info`` and ``ray_indices`` the samples are batched ``(..., n_samples)`` (any number of
+    leading dimensions, as in nerfacc: a 1-D tensor is one ray); each row of the flattened leading dimensions
+    becomes one chunk of the flat tensor.
+    """
     if packed_info is None and ray_indices is None:
-        if ref.dim() != 2:
+        if ref.dim() == 0:
             raise ValueError(
-                f"`{ref_name}` must be batched with shape (n_rays, n_samples), or flattened (all_samples,) together "
-                f"with `packed_info` or `ray_indices`; got shape {tuple(ref.shape)} without either."
+                f"`{ref_name}` must be batched with shape (..., n_samples), or flattened (all_samples,) together "
+                "with `packed_info` or `ray_indices`; got a 0-d tensor."
             )
-        r, s = ref.shape
+        s = ref.shape[-1]
+        r = math.prod(ref.shape[:-1])
         starts = torch.arange(r, device=ref.device, dtype=torch.long) * s
         counts = torch.full((r,), s, device=ref.device, dtype=torch.long)
         return torch.stack([starts, counts], dim=-1), ref.shape
     if ref.dim() != 1:
-        raise ValueError(f"`{ref_name}` must be flattened with shape (all_samples,), got {tuple(ref.shape)}.")
+        raise ValueError(
+            f"`{ref_name}` must be flattened with shape (all_samples,) when `packed_info` or `ray_indices` is "
+            f"given, got {tuple(ref.shape)}; for batched (..., n_samples) samples pass neither."
+        )
     if packed_info is None:
         check.same_device(**{ref_name: ref, "ray_indices": ray_indices})
         ray_indices = check.ray_indices(ray_indices, ref.shape[0], n_rays)
@@ -64,14 +75,14 @@ def render_transmittance_from_alpha(
     """Transmittance ``T_i = prod_{j<i} (1 - alpha_j)`` from opacities.
 
     Args:
-        alphas: Opacities, ``(all_samples,)`` or ``(n_rays, n_samples)``.
-        packed_info: ``(n_rays, 2)`` chunks of flattened samples.
+        alphas: Opacities, flattened ``(all_samples,)`` or batched ``(..., n_samples)``.
+        packed_info: ``(n_rays, 2)`` int ``(start, count)`` chunks of flattened samples.
         ray_indices: ``(all_samples,)`` sorted ray index of each sample (alternative to ``packed_info``).
-        n_rays: Number of rays (with ``ray_indices``).
+        n_rays: Number of rays (with ``ray_indices``); inferred from them when None.
         prefix_trans: Optional transmittance to multiply in, same shape as ``alphas``.
 
     Returns:
-        Transmittance, shape of ``alphas``.
+        Transmittance ``(...)``, the shape of ``alphas``. Differentiable w.r.t. ``alphas`` and ``prefix_trans``.
 
     Example:
         >>> alphas = torch.tensor([0.4, 0.8, 0.1, 0.8, 0.1, 0.0, 0.9])
@@ -93,16 +104,17 @@ def render_transmittance_from_density(
     """Transmittance ``T_i = exp(-sum_{j<i} sigma_j delta_j)`` and opacity from densities.
 
     Args:
-        t_starts: Sample starts, ``(all_samples,)`` or ``(n_rays, n_samples)``.
+        t_starts: Sample starts, flattened ``(all_samples,)`` or batched ``(..., n_samples)``.
         t_ends: Sample ends, same shape.
         sigmas: Densities, same shape.
-        packed_info: ``(n_rays, 2)`` chunks of flattened samples.
+        packed_info: ``(n_rays, 2)`` int ``(start, count)`` chunks of flattened samples.
         ray_indices: ``(all_samples,)`` sorted ray index of each sample (alternative to ``packed_info``).
-        n_rays: Number of rays (with ``ray_indices``).
-        prefix_trans: Optional transmittance to multiply in.
+        n_rays: Number of rays (with ``ray_indices``); inferred from them when None.
+        prefix_trans: Optional transmittance to multiply in, same shape as ``sigmas``.
 
     Returns:
-        ``(trans, alphas)``, each of the shape of ``sigmas``.
+        ``(trans, alphas)``, each ``(...)``, the shape of ``sigmas``. Differentiable w.r.t. ``sigmas``,
+        ``t_starts``, ``t_ends`` and ``prefix_trans``.
     """
     _, trans, alphas = render_weight_from_density(
         t_starts, t_ends, sigmas, packed_info, ray_indices, n_rays, prefix_trans
@@ -117,13 +129,19 @@ def render_weight_from_alpha(
     n_rays: Optional[int] = None,
     prefix_trans: Optional[Float[Tensor, "..."]] = None,
 ) -> tuple[Float[Tensor, "..."], Float[Tensor, "..."]]:
-    """Rendering weights ``w_i = T_i alpha_i`` from opacities. Arguments as
-    :func:`render_transmittance_from_alpha`.
+    """Rendering weights ``w_i = T_i alpha_i`` from opacities, with ``T_i = prod_{j<i} (1 - alpha_j)``.
 
     Differentiable w.r.t. ``alphas`` (exact also where ``alpha = 1``) and ``prefix_trans``.
 
+    Args:
+        alphas: Opacities, flattened ``(all_samples,)`` or batched ``(..., n_samples)``.
+        packed_info: ``(n_rays, 2)`` int ``(start, count)`` chunks of flattened samples.
+        ray_indices: ``(all_samples,)`` sorted ray index of each sample (alternative to ``packed_info``).
+        n_rays: Number of rays (with ``ray_indices``); inferred from them when None.
+        prefix_trans: Optional transmittance to multiply in, same shape as ``alphas``.
+
     Returns:
-        ``(weights, trans)``, each of the shape of ``alphas``.
+        ``(weights, trans)``, each ``(...)``, the shape of ``alphas``.
 
     Example:
         >>> alphas = torch.tensor([0.4, 0.8, 0.1, 0.8, 0.1, 0.0, 0.9])
@@ -154,13 +172,21 @@ def render_weight_from_density(
     n_rays: Optional[int] = None,
     prefix_trans: Optional[Float[Tensor, "..."]] = None,
 ) -> tuple[Float[Tensor, "..."], Float[Tensor, "..."], Float[Tensor, "..."]]:
-    """Rendering weights ``w_i = T_i (1 - exp(-sigma_i delta_i))`` from densities. Arguments as
-    :func:`render_transmittance_from_density`.
+    """Rendering weights ``w_i = T_i (1 - exp(-sigma_i delta_i))`` from densities, ``delta_i = t_end_i - t_start_i``.
 
     Differentiable w.r.t. ``sigmas``, ``t_starts``, ``t_ends`` and ``prefix_trans``.
 
+    Args:
+        t_starts: Sample starts, flattened ``(all_samples,)`` or batched ``(..., n_samples)``.
+        t_ends: Sample ends, same shape.
+        sigmas: Densities, same shape.
+        packed_info: ``(n_rays, 2)`` int ``(start, count)`` chunks of flattened samples.
+        ray_indices: ``(all_samples,)`` sorted ray index of each sample (alternative to ``packed_info``).
+        n_rays: Number of rays (with ``ray_indices``); inferred from them when None.
+        prefix_trans: Optional transmittance to multiply in, same shape as ``sigmas``.
+
     Returns:
-        ``(weights, trans, alphas)``, each of the shape of ``sigmas``.
+        ``(weights, trans, alphas)``, each ``(...)``, the shape of ``sigmas``.
 
     Example:
         >>> t_starts = torch.arange(7.0); t_ends = t_starts + 1
@@ -204,16 +230,16 @@ def render_visibility_from_alpha(
     """Which samples matter: ``T_i >= early_stop_eps`` and, if ``alpha_thre > 0``, ``alpha_i >= alpha_thre``.
 
     Args:
-        alphas: Opacities, ``(all_samples,)`` or ``(n_rays, n_samples)``.
-        packed_info: ``(n_rays, 2)`` chunks of flattened samples.
-        ray_indices: ``(all_samples,)`` sorted ray index of each sample.
-        n_rays: Number of rays.
-        early_stop_eps: Samples behind transmittance below this are dropped (early ray termination).
-        alpha_thre: Samples with opacity below this are dropped (empty space).
-        prefix_trans: Optional transmittance to multiply in.
+        alphas: Opacities, flattened ``(all_samples,)`` or batched ``(..., n_samples)``.
+        packed_info: ``(n_rays, 2)`` int ``(start, count)`` chunks of flattened samples.
+        ray_indices: ``(all_samples,)`` sorted ray index of each sample (alternative to ``packed_info``).
+        n_rays: Number of rays (with ``ray_indices``); inferred from them when None.
+        early_stop_eps: Samples whose transmittance is below this are dropped (early ray termination).
+        alpha_thre: Samples with opacity below this are dropped (empty space); 0 keeps them all.
+        prefix_trans: Optional transmittance to multiply in, same shape as ``alphas``.
 
     Returns:
-        Boolean mask, shape of ``alphas``.
+        Boolean mask ``(...)``, the shape of ``alphas``. Not differentiable.
 
     Example:
         >>> alphas = torch.tensor([0.4, 0.8, 0.1, 0.8, 0.1, 0.0, 0.9])
@@ -240,10 +266,22 @@ def render_visibility_from_density(
     alpha_thre: float = 0.0,
     prefix_trans: Optional[Float[Tensor, "..."]] = None,
 ) -> Bool[Tensor, "..."]:
-    """Visibility from densities; see :func:`render_visibility_from_alpha` (opacity from ``sigma * delta``).
+    """Which samples matter, from densities: ``T_i >= early_stop_eps`` and, if ``alpha_thre > 0``,
+    ``alpha_i = 1 - exp(-sigma_i delta_i) >= alpha_thre``.
+
+    Args:
+        t_starts: Sample starts, flattened ``(all_samples,)`` or batched ``(..., n_samples)``.
+        t_ends: Sample ends, same shape.
+        sigmas: Densities, same shape.
+        packed_info: ``(n_rays, 2)`` int ``(start, count)`` chunks of flattened samples.
+        ray_indices: ``(all_samples,)`` sorted ray index of each sample (alternative to ``packed_info``).
+        n_rays: Number of rays (with ``ray_indices``); inferred from them when None.
+        early_stop_eps: Samples whose transmittance is below this are dropped (early ray termination).
+        alpha_thre: Samples with opacity below this are dropped (empty space); 0 keeps them all.
+        prefix_trans: Optional transmittance to multiply in, same shape as ``sigmas``.
 
     Returns:
-        Boolean mask, shape of ``sigmas``.
+        Boolean mask ``(...)``, the shape of ``sigmas``. Not differentiable.
     """
     trans, alphas = render_transmittance_from_density(
         t_starts, t_ends, sigmas, packed_info, ray_indices, n_rays, prefix_trans
@@ -259,17 +297,19 @@ def accumulate_along_rays(
     values: Optional[Float[Tensor, "... d"]] = None,
     ray_indices: Optional[Int[Tensor, " all_samples"]] = None,
     n_rays: Optional[int] = None,
-) -> Float[Tensor, "n_rays d"]:
+) -> Float[Tensor, "... d"]:
     """Weighted sum of ``values`` along each ray (sum of ``weights`` when ``values`` is None).
 
     Args:
-        weights: ``(n_rays, n_samples)``, or ``(all_samples,)`` with ``ray_indices``.
-        values: ``(n_rays, n_samples, D)`` or ``(all_samples, D)``; None accumulates the weights (D = 1).
+        weights: Batched ``(..., n_samples)`` (summed over the last dimension; a 1-D tensor is one ray), or
+            flattened ``(all_samples,)`` with ``ray_indices``.
+        values: ``(..., n_samples, D)`` or ``(all_samples, D)``; None accumulates the weights (D = 1).
         ray_indices: ``(all_samples,)`` ray index of each sample (any order).
         n_rays: Number of rays; required with ``ray_indices``.
 
     Returns:
-        ``(n_rays, D)`` accumulated values. Differentiable w.r.t. ``weights`` and ``values``.
+        ``(n_rays, D)`` with ``ray_indices``, else ``(..., D)`` (``(D,)`` for 1-D ``weights``).
+        Differentiable w.r.t. ``weights`` and ``values``.
     """
     weights = check.floating("weights", weights)
     if values is not None:
@@ -280,10 +320,8 @@ def accumulate_along_rays(
             )
         check.same_device(weights=weights, values=values)
     if ray_indices is None:
-        if weights.dim() != 2:
-            raise ValueError(
-                f"`weights` must be batched (n_rays, n_samples) when `ray_indices` is None, got {tuple(weights.shape)}."
-            )
+        if weights.dim() == 0:
+            raise ValueError("`weights` must be batched (..., n_samples) when `ray_indices` is None, got a 0-d tensor.")
         dtype = check.compute_dtype(weights)
         if values is not None:
             dtype = torch.promote_types(dtype, check.compute_dtype(values))
@@ -313,11 +351,11 @@ def rendering(
     rgb_sigma_fn: Optional[Callable] = None,
     rgb_alpha_fn: Optional[Callable] = None,
     render_bkgd: Optional[Float[Tensor, " 3"]] = None,
-) -> tuple[Float[Tensor, "n_rays 3"], Float[Tensor, "n_rays 1"], Float[Tensor, "n_rays 1"], dict[str, Tensor]]:
+) -> tuple[Float[Tensor, "... 3"], Float[Tensor, "... 1"], Float[Tensor, "... 1"], dict[str, Tensor]]:
     """Renders rays through a radiance field given as ``rgb_sigma_fn`` or ``rgb_alpha_fn``.
 
     Args:
-        t_starts: Sample starts, ``(all_samples,)`` (with ``ray_indices``) or ``(n_rays, n_samples)``.
+        t_starts: Sample starts, ``(all_samples,)`` (with ``ray_indices``) or batched ``(..., n_samples)``.
         t_ends: Sample ends, same shape.
         ray_indices: ``(all_samples,)`` sorted ray index of each sample, for flattened samples.
         n_rays: Number of rays (with ``ray_indices``); inferred from ``ray_indices`` when None.
@@ -326,7 +364,8 @@ def rendering(
         render_bkgd: Optional ``(3,)`` (or ``(n_rays, 3)``) background colour.
 
     Returns:
-        ``(colors (n_rays, 3), opacities (n_rays, 1), depths (n_rays, 1), extras)``; ``extras`` holds
+        ``(colors (n_rays, 3), opacities (n_rays, 1), depths (n_rays, 1), extras)`` (``(..., 3)`` etc. for
+        batched samples); ``extras`` holds
         ``weights``, ``alphas``, ``trans``, ``rgbs`` and, for ``rgb_sigma_fn``, ``sigmas``. Depth is the
         weight-averaged sample midpoint (0 for rays with no opacity). Differentiable w.r.t. the field outputs.
     """

@@ -102,6 +102,80 @@ def test_batched_accumulate_and_rendering():
         _close(a[3][key], b[3][key])
 
 
+def _batched_nd(shape=(2, 3), n: int = 9):
+    """(..., n) samples: nerfacc's batched path takes any (..., n_samples) shape, () being one 1-D ray."""
+    g = torch.Generator().manual_seed(11)
+    t = torch.sort(torch.rand(*shape, n + 1, generator=g) * 4, dim=-1).values
+    sig = torch.rand(*shape, n, generator=g) * 3
+    rows = sig.view(-1, n)
+    rows[-1, 3:] = 50.0  # a ray that turns opaque
+    if rows.shape[0] > 1:
+        rows[0] = 0.0  # an empty ray
+    return t[..., :-1], t[..., 1:], sig
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "render_weight_from_density",
+        "render_transmittance_from_density",
+        "render_visibility_from_density",
+        "render_weight_from_alpha",
+        "render_transmittance_from_alpha",
+        "render_visibility_from_alpha",
+    ],
+)
+@pytest.mark.parametrize("shape", [(2, 3), (2, 1, 4), ()])
+def test_batched_nd_rendering(name, shape):
+    """Leading dimensions beyond (n_rays,), and a single 1-D ray: both raised ValueError before."""
+    t0, t1, sig = _batched_nd(shape)
+    kwargs = {"early_stop_eps": 1e-3, "alpha_thre": 0.05} if "visibility" in name else {}
+    if "alpha" in name:
+        wrt = (1 - torch.exp(-sig * 0.3)).requires_grad_()
+        a, b = getattr(ours, name)(wrt, **kwargs), getattr(nerfacc, name)(wrt, **kwargs)
+    else:
+        wrt = sig.requires_grad_()
+        a, b = getattr(ours, name)(t0, t1, wrt, **kwargs), getattr(nerfacc, name)(t0, t1, wrt, **kwargs)
+    _close(a, b)
+    outs_a = a if isinstance(a, tuple) else (a,)
+    assert all(o.shape == wrt.shape for o in outs_a)
+    if "visibility" in name:
+        assert not a.all() and a.any()  # the thresholds bite, so the comparison means something
+    else:
+        outs_b = b if isinstance(b, tuple) else (b,)
+        cots = [torch.randn_like(o) for o in outs_a]
+        _close(torch.autograd.grad(outs_a, wrt, cots), torch.autograd.grad(outs_b, wrt, cots), tol=1e-4)
+
+
+def test_batched_nd_accumulate_and_rendering():
+    t0, t1, sig = _batched_nd()
+    rgb = torch.rand(*sig.shape, 3)
+    w = torch.rand_like(sig)
+    _close(ours.accumulate_along_rays(w, rgb), nerfacc.accumulate_along_rays(w, rgb))
+    _close(ours.accumulate_along_rays(w), nerfacc.accumulate_along_rays(w))
+    # 1-D weights without ray_indices: one ray, (D,) out (raised ValueError before)
+    v = torch.rand(sig.shape[-1], 4)
+    _close(ours.accumulate_along_rays(w[0, 0], v), nerfacc.accumulate_along_rays(w[0, 0], v))
+    assert ours.accumulate_along_rays(w[0, 0], v).shape == (4,)
+    _close(ours.accumulate_along_rays(w[0, 0]), nerfacc.accumulate_along_rays(w[0, 0]))
+
+    def rgb_sigma_fn(a, b, ray_indices):
+        return rgb, sig
+
+    def rgb_alpha_fn(a, b, ray_indices):
+        return rgb, 1 - torch.exp(-sig * 0.3)
+
+    bkgd = torch.tensor([0.2, 0.5, 1.0])
+    for kw in ({"rgb_sigma_fn": rgb_sigma_fn}, {"rgb_alpha_fn": rgb_alpha_fn}):
+        a = ours.rendering(t0, t1, render_bkgd=bkgd, **kw)
+        b = nerfacc.rendering(t0, t1, render_bkgd=bkgd, **kw)
+        assert a[0].shape == (2, 3, 3) and a[1].shape == a[2].shape == (2, 3, 1)
+        _close(a[:3], b[:3])
+        assert set(a[3]) == set(b[3])
+        for key in a[3]:
+            _close(a[3][key], b[3][key])
+
+
 # ---------------------------------------------------------------------------------------------
 # Packed forms, traversal, estimators: nerfacc needs CUDA for these
 # ---------------------------------------------------------------------------------------------
