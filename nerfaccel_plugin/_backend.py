@@ -9,8 +9,9 @@ choice per device type, made once and cached:
   extension does not provide, uses the pure-PyTorch reference in :mod:`nerfaccel_plugin._torch_impl`.
 
 ``NERFACCEL_BACKEND=torch|cpp|cuda`` overrides the choice. ``torch`` runs the reference everywhere.
-``cpp`` / ``cuda`` force that extension: if it cannot be loaded, or an op runs on tensors of a device
-type that backend cannot serve, the op raises instead of falling back silently.
+``cpp`` / ``cuda`` force that extension: if it cannot be loaded, if an op runs on tensors of a device
+type that backend cannot serve, or if the extension lacks the primitive, the op raises instead of
+falling back silently.
 
 :func:`backend_info` reports, per device type, the active backend and why.
 """
@@ -46,6 +47,7 @@ class _Choice:
     reason: str
     ops: Any = None  # object exposing primitives (None for torch)
     available: set[str] = field(default_factory=set)
+    forced: bool = False  # chosen by NERFACCEL_BACKEND: a missing primitive is an error, not a fallback
 
 
 _lock = threading.Lock()
@@ -90,7 +92,7 @@ def _choose(device_type: str, forced: str | None) -> _Choice:
             ops, available = _load_extension(forced)
         except RuntimeError as err:
             raise BackendError(f"{ENV_VAR}={forced} but the {forced} extension cannot be loaded: {err}") from err
-        return _Choice(forced, f"forced by {ENV_VAR}={forced}", ops, available)
+        return _Choice(forced, f"forced by {ENV_VAR}={forced}", ops, available, forced=True)
     if native is None:
         return _Choice("torch", f"no compiled kernels for device type '{device_type}'")
     try:
@@ -127,6 +129,12 @@ def get_op(name: str, device: torch.device | str) -> Callable[..., Any]:
     choice = _resolve(device_type)
     if choice.ops is not None and name in choice.available:
         return getattr(choice.ops, name)
+    if choice.forced:
+        raise BackendError(
+            f"{ENV_VAR}={choice.backend} but the {choice.backend} extension has no kernel for {name!r} "
+            f"(it provides {', '.join(sorted(choice.available)) or 'none'}); unset {ENV_VAR} to use the PyTorch "
+            "reference for it."
+        )
     return getattr(_torch_impl, name)
 
 
