@@ -103,18 +103,45 @@ def aabbs(name: str, x: object) -> Tensor:
     return x
 
 
-def packed_info(x: object, n: int) -> Tensor:
-    x = integer("packed_info", x)
-    ndim("packed_info", x, 2, "(n_rays, 2)")
-    last_dim("packed_info", x, 2, "(n_rays, 2)")
+def packed_info(x: object, n: int, name: str = "packed_info") -> Tensor:
+    """Checks an ``(n_rays, 2)`` ``(start, count)`` tensor describing chunks of ``n`` flat samples.
+
+    With value checks on, every chunk must lie within ``[0, n]`` and no two non-empty chunks may
+    share a sample (chunks need not be in order; empty chunks may start anywhere in ``[0, n]``).
+    """
+    x = integer(name, x)
+    ndim(name, x, 2, "(n_rays, 2)")
+    last_dim(name, x, 2, "(n_rays, 2)")
     if value_checks_enabled() and x.numel() > 0:
-        starts, counts = x[:, 0], x[:, 1]
+        starts, counts = x[:, 0].long(), x[:, 1].long()
         if bool((counts < 0).any()) or bool((starts < 0).any()) or bool((starts + counts > n).any()):
             raise ValueError(
-                f"`packed_info` has negative or out-of-range (start, count) pairs for {n} samples; build it with "
+                f"`{name}` has negative or out-of-range (start, count) pairs for {n} samples; build it with "
                 "`pack_info(ray_indices, n_rays)`."
             )
+        _no_overlap(name, starts, counts)
     return x.long()
+
+
+def _no_overlap(name: str, starts: Tensor, counts: Tensor) -> None:
+    """Raises when two non-empty chunks share a sample (one pass when chunks are in order, else a sort)."""
+    nonempty = counts > 0
+    s, c = starts[nonempty], counts[nonempty]
+    if s.numel() < 2 or bool((s[1:] >= s[:-1] + c[:-1]).all()):
+        return
+    order = torch.argsort(s, stable=True)
+    s_sorted, c_sorted = s[order], c[order]
+    bad = s_sorted[1:] < s_sorted[:-1] + c_sorted[:-1]
+    if bool(bad.any()):
+        k = int(torch.nonzero(bad)[0, 0])
+        rows = torch.nonzero(nonempty)[:, 0][order]
+        i, j = int(rows[k]), int(rows[k + 1])
+        raise ValueError(
+            f"`{name}` has overlapping chunks: ray {i} (start {int(starts[i])}, count {int(counts[i])}) and ray {j} "
+            f"(start {int(starts[j])}, count {int(counts[j])}) share samples. Each sample must belong to at most one "
+            "ray: build it with `pack_info(ray_indices, n_rays)`, or give each ray (start, count) with "
+            "start[i + 1] >= start[i] + count[i]."
+        )
 
 
 def ray_indices(x: object, n: int, n_rays: Optional[int], name: str = "ray_indices", sorted_: bool = True) -> Tensor:

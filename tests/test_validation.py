@@ -134,3 +134,34 @@ def test_contract_and_importance_sampling_argument_errors():
     assert s.packed_info.tolist() == [[0, 4], [4, 0]]
     with pytest.raises(TypeError, match="RayIntervals"):
         nacc.importance_sampling(torch.rand(3), torch.rand(3), 2)
+
+
+def test_overlapping_packed_info_is_rejected(monkeypatch):
+    """Two rays sharing samples used to be accepted and return garbage ([[0, 2], [0, 2]] for 4 samples)."""
+    x = torch.rand(4)
+    for bad in ([[0, 2], [0, 2]], [[0, 3], [2, 2]], [[2, 2], [0, 3]], [[0, 1], [3, 1], [1, 3]]):
+        with pytest.raises(ValueError, match=r"`packed_info` has overlapping chunks.*pack_info\(ray_indices, n_rays\)"):
+            nacc.inclusive_sum(x, torch.tensor(bad))
+    with pytest.raises(ValueError, match="`packed_info` has overlapping chunks"):
+        nacc.render_weight_from_alpha(x, packed_info=torch.tensor([[0, 2], [1, 2]]))
+    with pytest.raises(ValueError, match=r"`sorted_sequence.packed_info` has overlapping chunks"):
+        nacc.searchsorted(
+            nacc.RayIntervals(vals=x, packed_info=torch.tensor([[0, 2], [1, 2]])),
+            nacc.RayIntervals(vals=x[:2], packed_info=torch.tensor([[0, 1], [1, 1]])),
+        )
+    # Allowed: gaps, empty chunks anywhere in [0, n], non-empty chunks out of order but disjoint.
+    torch.testing.assert_close(
+        nacc.inclusive_sum(torch.arange(4.0), torch.tensor([[2, 2], [0, 0], [0, 2], [4, 0]])), _t4([0.0, 1, 2, 5])
+    )
+    torch.testing.assert_close(
+        nacc.inclusive_sum(torch.arange(4.0), torch.tensor([[0, 1], [3, 1]])), _t4([0.0, 0, 0, 3])
+    )
+    # The check reads values, so it is one of the checks NERFACCEL_SKIP_VALUE_CHECKS turns off.
+    monkeypatch.setenv("NERFACCEL_SKIP_VALUE_CHECKS", "1")
+    from nerfaccel_plugin import _validation
+
+    _validation.packed_info(torch.tensor([[0, 2], [0, 2]]), 4)
+
+
+def _t4(v):
+    return torch.tensor(v, dtype=torch.float32)
