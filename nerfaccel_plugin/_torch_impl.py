@@ -401,27 +401,32 @@ def _searchsorted(
     query_vals: Float[Tensor, " q"],
     query_packed_info: Int[Tensor, "n_rays 2"],
 ) -> tuple[Int[Tensor, " q"], Int[Tensor, " q"]]:
-    """Per-ray search of queries in ascending sequences.
+    """Per-ray search of queries in ascending sequences (nerfacc 0.5's rule).
 
-    For a query ``v`` of ray ``r`` whose sequence is ``s[b .. b+c-1]``, ``p`` is the number of
-    entries ``<= v``; ``ids_right = b + clamp(p, 1, c - 1)`` and ``ids_left = max(ids_right - 1, b)``,
-    so that ``s[ids_left] <= v < s[ids_right]`` whenever ``v`` is inside the sequence's range, and
-    out-of-range queries behave as if clipped to it. Rays with an empty sequence give ``b`` for
+    For a query ``v`` of ray ``r`` whose sequence is ``s[b .. l]`` (``l = b + c - 1``), the search runs
+    over ``s[b .. l-1]`` (the last entry excluded): ``p = b + (number of entries of s[b .. l-1] that are
+    <= v)``, so ``b <= p <= max(l, b)``. Then ``ids_left = max(min(p - 1, l), b)`` and
+    ``ids_right = max(min(p, l), b)``: ``s[ids_left] <= v < s[ids_right]`` whenever
+    ``s[b] <= v < s[l]``; a query below the range gives ``(b, b)``, one at or above ``s[l]`` gives
+    ``(l - 1, l)`` (``(b, b)`` for a one-entry sequence). Rays with an empty sequence give ``b`` for
     both (clamped to a valid index when possible). Queries outside every chunk give 0.
     """
     q_ids = torch.zeros_like(query_vals, dtype=torch.long)
     if query_vals.numel() == 0 or query_packed_info.shape[0] == 0:
         return q_ids, q_ids.clone()
-    dense, _, _, _ = _to_padded(sorted_vals, sorted_packed_info, math.inf)
+    counts = sorted_packed_info[:, 1]
+    search_counts = torch.clamp(counts - 1, min=0)
+    search_info = torch.stack([sorted_packed_info[:, 0], search_counts], dim=-1)
+    dense, _, _, _ = _to_padded(sorted_vals, search_info, math.inf)
     q_dense, q_ray, q_pos, q_elem = _to_padded(query_vals, query_packed_info, 0.0)
     p = torch.searchsorted(dense.contiguous(), q_dense.contiguous(), right=True)  # [n_rays, max_q]
-    p = p[q_ray, q_pos]
+    # Padding (+inf) counts as <= an infinite or NaN query; never search past the ray's own entries.
+    p = torch.minimum(p[q_ray, q_pos], search_counts[q_ray])
     base = sorted_packed_info[q_ray, 0]
-    cnt = sorted_packed_info[q_ray, 1]
-    right = torch.minimum(torch.clamp(p, min=1), cnt - 1).clamp(min=0)
-    left = torch.clamp(right - 1, min=0)
-    ids_right = base + right
-    ids_left = base + left
+    last = base + counts[q_ray] - 1
+    p = base + p
+    ids_left = torch.maximum(torch.minimum(p - 1, last), base)
+    ids_right = torch.maximum(torch.minimum(p, last), base)
     if sorted_vals.numel() > 0:
         ids_right = ids_right.clamp(max=sorted_vals.numel() - 1)
         ids_left = ids_left.clamp(max=sorted_vals.numel() - 1)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Union
+import math
+from typing import Optional, Union
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from . import _validation as check
@@ -14,41 +15,72 @@ from .data_specs import RayIntervals, RaySamples
 from .pack import pack_info
 
 
-def _as_packed(name: str, spec: Union[RayIntervals, RaySamples]) -> tuple[Tensor, Tensor, bool]:
-    """Returns ``(flat vals, packed_info, was_batched)`` for a RayIntervals / RaySamples."""
+def _as_packed(
+    name: str, spec: Union[RayIntervals, RaySamples], n_rays: Optional[int] = None
+) -> tuple[Tensor, Tensor, bool]:
+    """Returns ``(flat vals, packed_info, was_batched)`` for a RayIntervals / RaySamples.
+
+    Batched ``vals`` may have any number of leading dimensions ``(..., n)``: each row of the flattened
+    leading dimensions is one ray, as in nerfacc. ``n_rays`` (when known from the other argument) sizes
+    the ``packed_info`` built from ``ray_indices`` alone, so trailing rays without entries still count.
+    """
     if not isinstance(spec, (RayIntervals, RaySamples)):
         raise TypeError(f"`{name}` must be a RayIntervals or RaySamples, got {type(spec).__name__}.")
     vals = check.floating(f"{name}.vals", spec.vals)
-    if vals.dim() == 2 and spec.packed_info is None and spec.ray_indices is None:
-        r, e = vals.shape
+    if vals.dim() >= 2 and spec.packed_info is None and spec.ray_indices is None:
+        e = vals.shape[-1]
+        r = math.prod(vals.shape[:-1])
         starts = torch.arange(r, device=vals.device, dtype=torch.long) * e
         return vals.reshape(-1), torch.stack([starts, torch.full_like(starts, e)], dim=-1), True
     if vals.dim() != 1:
-        raise ValueError(f"`{name}.vals` must be (n_rays, n) or flattened (all,), got {tuple(vals.shape)}.")
+        raise ValueError(
+            f"`{name}.vals` must be batched (..., n) without `packed_info`/`ray_indices`, or flattened (all,) "
+            f"with one of them; got {tuple(vals.shape)}."
+        )
     if spec.packed_info is not None:
         check.same_device(**{f"{name}.vals": vals, f"{name}.packed_info": spec.packed_info})
-        return vals, check.packed_info(spec.packed_info, vals.shape[0]), False
+        return vals, check.packed_info(spec.packed_info, vals.shape[0], name=f"{name}.packed_info"), False
     if spec.ray_indices is not None:
-        return vals, pack_info(check.ray_indices(spec.ray_indices, vals.shape[0], None)), False
+        check.same_device(**{f"{name}.vals": vals, f"{name}.ray_indices": spec.ray_indices})
+        ray_indices = check.ray_indices(spec.ray_indices, vals.shape[0], n_rays, name=f"{name}.ray_indices")
+        return vals, pack_info(ray_indices, n_rays), False
     raise ValueError(f"`{name}` is flattened, so it needs `packed_info` or `ray_indices`.")
+
+
+def _n_rays(spec: object) -> Optional[int]:
+    """Number of rays a spec states by its layout (None when only ``ray_indices`` give it)."""
+    if not isinstance(spec, (RayIntervals, RaySamples)) or not isinstance(spec.vals, Tensor):
+        return None
+    if spec.packed_info is None and spec.ray_indices is None and spec.vals.dim() >= 2:
+        return math.prod(spec.vals.shape[:-1])
+    if isinstance(spec.packed_info, Tensor) and spec.packed_info.dim() == 2:
+        return spec.packed_info.shape[0]
+    return None
 
 
 @torch.no_grad()
 def searchsorted(
     sorted_sequence: Union[RayIntervals, RaySamples], values: Union[RayIntervals, RaySamples]
-) -> tuple[Tensor, Tensor]:
-    """Per-ray searchsorted over batched or flattened sequences.
+) -> tuple[Int[Tensor, "..."], Int[Tensor, "..."]]:
+    """Per-ray searchsorted over batched or flattened sequences, with nerfacc 0.5's index rule.
 
-    Returns ``(ids_left, ids_right)`` with ``sorted[ids_left] <= v < sorted[ids_right]``; values
-    outside a ray's range behave as if clipped into it. Indices index ``sorted_sequence.vals``:
-    along the last dimension when it is batched, into the flat tensor otherwise.
+    Returns ``(ids_left, ids_right)`` with ``sorted[ids_left] <= v < sorted[ids_right]`` for ``v``
+    inside a ray's range; outside it the indices behave as if ``v`` were clipped into the range
+    (below the first entry ``s[b]``: ``(b, b)``; at or above the last ``s[l]``: ``(l - 1, l)``).
+
+    The layout of ``values`` decides the kind of index, as in nerfacc: for batched ``values``
+    the indices count from the start of each ray's sequence (along the last dimension when
+    ``sorted_sequence`` is batched too), for flattened ``values`` they index the flattened
+    ``sorted_sequence.vals`` (``vals.reshape(-1)`` when it is batched).
 
     Args:
-        sorted_sequence: Ascending values per ray (RayIntervals or RaySamples).
-        values: Query values per ray; must have as many rays as ``sorted_sequence``.
+        sorted_sequence: Ascending values per ray (RayIntervals or RaySamples), batched ``(..., n)`` or
+            flattened ``(all,)`` with ``packed_info`` or ``ray_indices``.
+        values: Query values per ray, batched ``(..., m)`` or flattened ``(all_queries,)``; must have as
+            many rays as ``sorted_sequence``.
 
     Returns:
-        Two int64 tensors shaped like ``values.vals``.
+        ``(ids_left, ids_right)``, two int64 tensors shaped like ``values.vals``. Not differentiable.
 
     Example:
         >>> s = RayIntervals(vals=torch.tensor([0.0, 1.0, 0.0, 1.0, 2.0]), packed_info=torch.tensor([[0, 2], [2, 3]]))
@@ -56,20 +88,23 @@ def searchsorted(
         >>> searchsorted(s, v)
         (tensor([0, 3, 3]), tensor([1, 4, 4]))
     """
-    s_vals, s_info, s_batched = _as_packed("sorted_sequence", sorted_sequence)
-    q_vals, q_info, q_batched = _as_packed("values", values)
+    s_vals, s_info, _ = _as_packed("sorted_sequence", sorted_sequence, _n_rays(values))
+    q_vals, q_info, q_batched = _as_packed("values", values, s_info.shape[0])
     check.same_device(sorted_sequence=s_vals, values=q_vals)
     if s_info.shape[0] != q_info.shape[0]:
-        raise ValueError(f"`sorted_sequence` has {s_info.shape[0]} rays but `values` has {q_info.shape[0]}.")
+        raise ValueError(
+            f"`sorted_sequence` has {s_info.shape[0]} rays but `values` has {q_info.shape[0]}; they must describe "
+            "the same rays."
+        )
     dtype = torch.promote_types(check.compute_dtype(s_vals), check.compute_dtype(q_vals))
     left, right = get_op("_searchsorted", s_vals.device)(
         s_vals.to(dtype).contiguous(), s_info, q_vals.to(dtype).contiguous(), q_info
     )
-    if s_batched:
-        # Global flat indices -> indices along the last dimension of the batched sequence.
-        ray_of_q = torch.repeat_interleave(torch.arange(q_info.shape[0], device=q_vals.device), q_info[:, 1])
+    if q_batched and q_vals.numel() > 0:
+        # Batched queries: indices relative to the start of their ray's sequence (nerfacc's rule).
+        ray_of_q = torch.arange(q_vals.numel(), device=q_vals.device) // values.vals.shape[-1]
         offset = s_info[ray_of_q, 0]
-        left, right = left - offset, right - offset
+        left, right = (left - offset).clamp(min=0), (right - offset).clamp(min=0)
     shape = values.vals.shape
     return left.reshape(shape), right.reshape(shape)
 

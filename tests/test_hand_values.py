@@ -146,3 +146,51 @@ def test_distortion_hand_value():
     loss = nacc.distortion(w, _t([[0.0, 1.0]]), _t([[1.0, 2.0]]))
     # sum_ij w_i w_j |m_i - m_j| = 2 * 0.25 * 1 = 0.5 ; 1/3 sum w^2 d = 1/3 * 0.5 = 1/6
     torch.testing.assert_close(loss, _t([0.5 + 1 / 6]))
+
+
+def test_searchsorted_hand_values_nerfacc_rule():
+    """nerfacc 0.5 (pdf.cu) searches s[b .. l-1]: below the range (b, b), at or above s[l] (l - 1, l)."""
+    from nerfaccel_plugin import _torch_impl
+
+    s = nacc.RayIntervals(vals=_t([0.0, 1.0, 2.0, 10.0, 20.0, 5.0]), packed_info=torch.tensor([[0, 3], [3, 2], [5, 1]]))
+    q_vals = _t([-1.0, 0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 15.0, 25.0, 4.0, 6.0])
+    q_info = torch.tensor([[0, 6], [6, 3], [9, 2]])
+    want_left = [0, 0, 0, 1, 1, 1, 3, 3, 3, 5, 5]
+    want_right = [0, 1, 1, 2, 2, 2, 3, 4, 4, 5, 5]
+    ref = _torch_impl._searchsorted(s.vals, s.packed_info, q_vals, q_info)
+    assert ref[0].tolist() == want_left and ref[1].tolist() == want_right
+    left, right = nacc.searchsorted(s, nacc.RayIntervals(vals=q_vals, packed_info=q_info))  # active backend
+    assert left.tolist() == want_left and right.tolist() == want_right
+
+
+def test_searchsorted_query_layout_decides_the_index_kind():
+    """As in nerfacc: batched queries get per-ray indices, flattened queries flat indices, whatever the sequence."""
+    key_b = nacc.RayIntervals(vals=_t([[0.0, 1.0, 2.0], [10.0, 20.0, 30.0]]))
+    key_p = nacc.RayIntervals(vals=key_b.vals.reshape(-1), packed_info=torch.tensor([[0, 3], [3, 3]]))
+    q_b = nacc.RayIntervals(vals=_t([[-1.0, 1.5], [25.0, 40.0]]))
+    q_p = nacc.RayIntervals(vals=q_b.vals.reshape(-1), packed_info=torch.tensor([[0, 2], [2, 2]]))
+    per_ray = ([[0, 1], [1, 1]], [[0, 2], [2, 2]])
+    flat = ([0, 1, 4, 4], [0, 2, 5, 5])
+    for key in (key_b, key_p):
+        left, right = nacc.searchsorted(key, q_b)
+        assert (left.tolist(), right.tolist()) == per_ray
+        left, right = nacc.searchsorted(key, q_p)
+        assert (left.tolist(), right.tolist()) == flat
+    # (B, R, n) batched layouts: each row of the leading dimensions is a ray
+    left, right = nacc.searchsorted(
+        nacc.RayIntervals(vals=key_b.vals.reshape(2, 1, 3)), nacc.RayIntervals(vals=q_b.vals.reshape(2, 1, 2))
+    )
+    assert left.shape == (2, 1, 2) and left.reshape(2, 2).tolist() == per_ray[0]
+    assert right.reshape(2, 2).tolist() == per_ray[1]
+
+
+def test_proposal_loss_hand_value():
+    """_pdf_loss with a query edge below the proposal's first edge: with nerfacc's (b, b) rule the proposal mass
+    over [0.0, 0.1] is 0, so that interval is penalised (the old (b, b + 1) rule gave it 0.3 and no loss)."""
+    from nerfaccel_plugin.estimators.prop_net import _pdf_loss
+
+    key = nacc.RayIntervals(vals=_t([[0.2, 0.5, 1.0]]))
+    query = nacc.RayIntervals(vals=_t([[0.0, 0.1, 0.6, 1.0]]))
+    loss = _pdf_loss(query, _t([[0.0, 0.1, 0.5, 1.0]]), key, _t([[0.0, 0.3, 1.0]]))
+    # w = [0.1, 0.4, 0.5]; enclosing proposal mass [0, 1.0, 0.7]; loss = relu(w - w_key)^2 / (w + 1e-7)
+    torch.testing.assert_close(loss, _t([[0.1**2 / (0.1 + 1e-7), 0.0, 0.0]]))

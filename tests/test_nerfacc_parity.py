@@ -251,3 +251,117 @@ def test_occupancy_grid_sampling_cuda():
     rb = b.sampling(rays_o, rays_d, render_step_size=0.01, near_plane=0.5, far_plane=6.0)
     for x, y in zip(ra, rb, strict=True):
         _close(x, y)
+
+
+# ---------------------------------------------------------------------------------------------
+# searchsorted, importance sampling and the proposal estimator (nerfacc: CUDA only)
+# ---------------------------------------------------------------------------------------------
+def _sorted_and_queries(device="cuda"):
+    """Three rays of 5 sorted entries (one with repeats) and queries below, inside, on and above each range."""
+    s = torch.tensor([[0.0, 0.5, 1.0, 1.5, 2.0], [1.0, 1.0, 2.0, 2.0, 3.0], [-1.0, 0.0, 0.1, 0.2, 5.0]])
+    q = torch.tensor(
+        [[-1.0, 0.0, 0.7, 1.5, 2.0, 9.0], [0.5, 1.0, 1.5, 2.0, 3.0, 2.9], [-2.0, -1.0, 0.05, 0.2, 4.0, 5.0]]
+    )
+    return s.to(device), q.to(device)
+
+
+def _flat(vals, counts=None):
+    """A flattened RayIntervals of the rows of ``vals`` (optionally only the first ``counts[i]`` of row i)."""
+    rows = [v if counts is None else v[:c] for v, c in zip(vals, counts or [None] * len(vals), strict=True)]
+    cnt = torch.tensor([len(r) for r in rows], device=vals.device)
+    info = torch.stack([torch.cumsum(cnt, 0) - cnt, cnt], dim=-1)
+    return torch.cat(rows), info
+
+
+@GPU
+@pytest.mark.parametrize("layout", ["batched", "packed", "sorted_batched_query_packed", "sorted_packed_query_batched"])
+def test_searchsorted_cuda(layout):
+    """Same indices as nerfacc for every layout, including out-of-range queries (below: (b, b); above: (l-1, l))
+    and which kind of index (per-ray or flat) the query's layout asks for."""
+    s, q = _sorted_and_queries()
+    s_flat, s_info = _flat(s, [5, 3, 4])
+    q_flat, q_info = _flat(q, [6, 2, 5])
+    batched_s, batched_q = ours.RayIntervals(vals=s), ours.RayIntervals(vals=q)
+    packed_s = ours.RayIntervals(vals=s_flat, packed_info=s_info)
+    packed_q = ours.RayIntervals(vals=q_flat, packed_info=q_info)
+    key, query = {
+        "batched": (batched_s, batched_q),
+        "packed": (packed_s, packed_q),
+        "sorted_batched_query_packed": (batched_s, packed_q),
+        "sorted_packed_query_batched": (packed_s, batched_q),
+    }[layout]
+
+    def theirs(spec):
+        return nerfacc.RayIntervals(vals=spec.vals, packed_info=spec.packed_info)
+
+    a = ours.searchsorted(key, query)
+    b = nerfacc.searchsorted(theirs(key), theirs(query))
+    _close(a, b)
+
+
+@GPU
+def test_importance_sampling_cuda():
+    """stratified=False is deterministic in both: same intervals and samples, batched (int n) and packed (per-ray n)."""
+    g = torch.Generator().manual_seed(13)
+    t = torch.sort(torch.rand(6, 9, generator=g) * 3, dim=-1).values.cuda()
+    w = torch.rand(6, 8, generator=g).cuda()
+    w[1, 2:5] = 0.0  # flat stretches of the CDF
+    cdfs = torch.cat([torch.zeros(6, 1, device="cuda"), torch.cumsum(w, -1) / w.sum(-1, keepdim=True)], -1)
+    for n in (2, 7, 32):
+        ia, sa = ours.importance_sampling(ours.RayIntervals(vals=t), cdfs, n, stratified=False)
+        ib, sb = nerfacc.importance_sampling(nerfacc.RayIntervals(vals=t), cdfs.contiguous(), n, stratified=False)
+        _close(ia.vals, ib.vals)
+        _close(sa.vals, sb.vals)
+    t_flat, info = _flat(t, [9, 4, 2, 9, 6, 3])
+    c_flat, _ = _flat(cdfs, [9, 4, 2, 9, 6, 3])
+    n_per_ray = torch.tensor([5, 0, 3, 16, 2, 4], device="cuda")
+    ia, sa = ours.importance_sampling(ours.RayIntervals(vals=t_flat, packed_info=info), c_flat, n_per_ray)
+    ib, sb = nerfacc.importance_sampling(nerfacc.RayIntervals(vals=t_flat, packed_info=info), c_flat, n_per_ray)
+    for field in ("vals", "packed_info", "ray_indices", "is_left", "is_right"):
+        _close(getattr(ia, field), getattr(ib, field))
+    for field in ("vals", "packed_info", "ray_indices"):
+        _close(getattr(sa, field), getattr(sb, field))
+
+
+@GPU
+def test_prop_net_sampling_and_loss_cuda():
+    """PropNetEstimator: same samples and the same proposal loss and gradients as nerfacc's."""
+    n_rays = 64
+    g = torch.Generator().manual_seed(17)
+    centres = (torch.rand(n_rays, 1, generator=g) * 4 + 1).cuda()
+
+    def make_fns(scale):
+        def density(t_starts, t_ends):
+            mid = (t_starts + t_ends) / 2
+            return scale * torch.exp(-((mid - centres) ** 2) / 0.1) + 0.01
+
+        return density
+
+    results = []
+    for lib in (ours, nerfacc):
+        scales = [
+            torch.tensor(3.0, device="cuda", requires_grad=True),
+            torch.tensor(5.0, device="cuda", requires_grad=True),
+        ]
+        est = lib.PropNetEstimator().cuda()
+        t_starts, t_ends = est.sampling(
+            [make_fns(s) for s in scales],
+            [32, 16],
+            24,
+            n_rays,
+            near_plane=0.2,
+            far_plane=8.0,
+            sampling_type="lindisp",
+            stratified=False,
+            requires_grad=True,
+        )
+        sig = 10 * torch.exp(-(((t_starts + t_ends) / 2 - centres) ** 2) / 0.05)
+        trans, _ = lib.render_transmittance_from_density(t_starts, t_ends, sig)
+        loss = est.compute_loss(trans, loss_scaler=2.0)
+        grads = torch.autograd.grad(loss, scales)
+        results.append((t_starts, t_ends, loss.detach(), grads))
+    (a0, a1, la, ga), (b0, b1, lb, gb) = results
+    _close((a0, a1), (b0, b1))
+    assert float(la) > 0
+    _close(la, lb, tol=1e-4)
+    _close(ga, gb, tol=1e-4)

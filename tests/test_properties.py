@@ -653,7 +653,8 @@ def sorted_per_ray(counts: list[int], g: torch.Generator, dup: bool = True) -> t
 
 
 def ref_searchsorted(s: list[float], s_info, q: list[float], q_info, n_sorted: int) -> tuple[list[int], list[int]]:
-    """The docstring's rule: p = #entries <= v; right = b + clamp(p, 1, c - 1); left = max(right - 1, b)."""
+    """nerfacc 0.5's rule (pdf.cu): p = b + #entries of s[b .. l-1] <= v (the last entry l = b + c - 1 is not
+    searched); left = max(min(p - 1, l), b), right = max(min(p, l), b)."""
     left, right = [0] * len(q), [0] * len(q)
     for (b, c), (qb, qc) in zip(s_info, q_info, strict=True):
         for i in range(qb, qb + qc):
@@ -661,9 +662,9 @@ def ref_searchsorted(s: list[float], s_info, q: list[float], q_info, n_sorted: i
                 idx = min(b, n_sorted - 1) if n_sorted > 0 else b
                 left[i] = right[i] = idx
                 continue
-            p = sum(1 for k in range(b, b + c) if s[k] <= q[i])
-            r = b + max(0, min(max(p, 1), c - 1))
-            left[i], right[i] = max(r - 1, b), r
+            last = b + c - 1
+            p = b + sum(1 for k in range(b, last) if s[k] <= q[i])
+            left[i], right[i] = max(min(p - 1, last), b), max(min(p, last), b)
     return left, right
 
 
@@ -702,11 +703,12 @@ def test_searchsorted_packed(counts, seed):
         for i in range(qb, qb + qc):
             v = q_list[i]
             if c >= 2:
-                assert b <= int(left[i]) < int(right[i]) <= b + c - 1
+                assert b <= int(left[i]) <= int(right[i]) <= b + c - 1
+                assert int(left[i]) < int(right[i]) or v < float(s[b])
                 if float(s[b]) <= v < float(s[b + c - 1]):
                     assert float(s[left[i]]) <= v < float(s[right[i]])
                 elif v < float(s[b]):
-                    assert (int(left[i]), int(right[i])) == (b, b + 1)
+                    assert (int(left[i]), int(right[i])) == (b, b)  # nerfacc: clipped to the first entry
                 else:
                     assert float(s[right[i]]) == float(s[b + c - 1]) and float(s[left[i]]) <= v
     # Same answers through ray_indices.
@@ -734,7 +736,9 @@ def test_searchsorted_batched(n_rays, n_s, n_q, seed, pack_q):
         left, right = nacc.searchsorted(
             nacc.RayIntervals(vals=s), nacc.RaySamples(vals=q.reshape(-1), packed_info=q_info)
         )
-        left, right = left.reshape(n_rays, n_q), right.reshape(n_rays, n_q)
+        # flattened queries index the flattened sequence (nerfacc: the query's layout decides)
+        row_start = (torch.arange(n_rays) * n_s)[:, None]
+        left, right = left.reshape(n_rays, n_q) - row_start, right.reshape(n_rays, n_q) - row_start
     else:
         left, right = nacc.searchsorted(nacc.RayIntervals(vals=s), nacc.RaySamples(vals=q))
     assert left.shape == (n_rays, n_q)
