@@ -1,226 +1,711 @@
-"""Backends side by side on identical inputs: pure PyTorch vs C++ on the CPU; CUDA vs nerfacc on a GPU.
+"""Backends side by side on identical inputs: PyTorch vs C++ on the CPU; CUDA vs nerfacc 0.5.2 on a GPU.
 
 Usage::
 
-    python benchmarks/bench_backends.py                       # CPU: torch vs cpp
+    python benchmarks/bench_backends.py                                   # CPU: torch vs cpp, 4096 rays x ~64
     python benchmarks/bench_backends.py --out benchmarks/results/backends-cpu.md
-    python benchmarks/bench_backends.py --device cuda         # torch vs cuda (vs nerfacc when installed)
+    python benchmarks/bench_backends.py --device cuda \\
+        --out benchmarks/results/backends-cuda.md                         # CUDA vs nerfacc, 131072 rays x ~128
+    python benchmarks/bench_backends.py --device cuda --torch             # also the PyTorch backend on the GPU
+    python benchmarks/bench_backends.py --device cuda --only rendering scan
 
-Each row times one primitive (median of ``--repeat`` runs after a warm-up) through the primitive
-functions (``nerfaccel_plugin._torch_impl`` and ``nerfaccel_plugin._ext.load_backend(kind)``), so the
-numbers compare the kernels, not input validation. "fwd+bwd" rows include the backward pass with a
-random cotangent. Ratios are ``torch time / other time`` (higher is faster). nerfacc is used only
-here, for comparison on the GPU; the library never imports it.
+Every row calls the *public API* the same way for both libraries: one recipe ``api -> thunk`` is built once with
+``nerfaccel_plugin`` and once with ``nerfacc`` (same functions, same arguments: the same ``packed_info`` or
+``ray_indices`` + ``n_rays``, the same batched tensors, the same estimator settings). Our backend is forced per
+column with ``NERFACCEL_BACKEND`` (``torch`` / ``cpp`` / ``cuda``), so a missing extension raises instead of
+silently timing the reference. Our input value checks (``NERFACCEL_SKIP_VALUE_CHECKS``) are off unless
+``--value-checks``: nerfacc does none, and on a GPU each check is a host sync.
+
+Timing: warm-up calls, then the median of ``--repeat`` calls; on CUDA with CUDA events (the host waits after the
+end event, outside the timed region). "fwd+bwd" = forward, then backward from fixed random cotangents (for
+``render_weight_from_*`` only on the weights, as ``rendering`` uses them). Ratios: ``other time / ours`` (higher is
+faster for us). "max |diff|": the largest difference between our and nerfacc's outputs (forward rows) or input
+gradients (fwd+bwd rows) on the same inputs, as a check that both did the same work; "-" for random rows.
+
+Targets (GPU, vs nerfacc, at >= 1e7 samples): traversal >= 1.5x, rendering fwd+bwd >= 2x and >= 60% of the card's
+measured copy bandwidth, importance sampling >= 1.5x, scans >= 1x. Bandwidth: the bytes the op must at least read
+and write (listed per row in the footnotes) / our time, as a share of a large device-to-device copy's
+(bytes read + written) / time on the same device.
+
+On the CPU nerfacc runs only its batched (padded) forms, accumulation and the grid update (its packed ops,
+traversal and sampling are CUDA-only); those rows get a nerfacc column there too. nerfacc is used only here and in
+the parity tests; the library never imports it.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
+import importlib
 import os
-import platform
-import statistics
-import subprocess
-import time
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from nerfaccel_plugin import _torch_impl as ref
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench_util as bu  # noqa: E402
+
+import nerfaccel_plugin as ours  # noqa: E402
+
+TARGETS = {"traversal": 1.5, "rendering": 2.0, "sampling": 1.5, "scan": 1.0}
+BW_TARGET = 0.60
+BW_MIN_SAMPLES = 10**7
+F32, I64 = 4, 8
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+@dataclass
+class Case:
+    group: str
+    name: str
+    form: str  # packed | ray_indices | batched | rays | cells
+    make: Callable[[Any], Callable[[], Any]]  # api module -> thunk
+    items: int  # samples (or rays / cells) the op processes
+    target: bool = True  # the group's target applies to this row
+    nerfacc: bool = True  # nerfacc has this op
+    nerfacc_cpu: bool = False  # nerfacc runs it on CPU tensors
+    compare: bool = True  # deterministic: compare our output with nerfacc's
+    min_bytes: int | None = None
+    bytes_doc: str = ""
 
 
-def _time(fn, device: str, repeat: int) -> float:
-    fn()
-    _sync(device)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _layout_bytes(form: str, n: int, r: int, passes: int) -> int:
+    """Bytes of the sample layout the op must read: packed_info (16 B per ray) per pass; ray_indices (8 B per
+    sample) once, plus a 16 B per-ray layout written by the forward and read by the backward pass (32 B per ray);
+    nothing for batched."""
+    if form == "packed":
+        return 2 * I64 * r * passes
+    if form == "ray_indices":
+        return I64 * n + (4 * I64 * r if passes > 1 else 0)
+    return 0
 
 
-def _packed(n_rays: int, spp: int, device: str):
-    counts = torch.randint(spp // 2, spp * 3 // 2 + 1, (n_rays,))
-    counts[:: max(1, n_rays // 16)] = 0
-    starts = torch.cumsum(counts, 0) - counts
-    packed_info = torch.stack([starts, counts], -1).to(device)
-    ray_indices = torch.repeat_interleave(torch.arange(n_rays), counts).to(device)
-    n = int(counts.sum())
-    t0 = torch.rand(n, device=device)
-    return packed_info, ray_indices, t0, t0 + 1e-2, n
-
-
-def _fwd_bwd(fn, inputs):
-    """Forward, then backward from fixed random cotangents (made once, outside the timed call), so the time is
-    the op's own forward and backward and not a loss built around it."""
-    cotangents: list = []
-
-    def run():
-        xs = [x.detach().requires_grad_() for x in inputs]
-        outs = fn(*xs)
-        outs = [o for o in (outs if isinstance(outs, tuple) else (outs,)) if o.is_floating_point() and o.requires_grad]
-        if not cotangents:
-            cotangents.extend(torch.rand_like(o) for o in outs)
-        torch.autograd.backward(outs, cotangents)
-
-    return run
-
-
-def _nerfacc_cases(cases, device, args):
-    """nerfacc 0.5 equivalents of some rows (GPU comparison only); empty when nerfacc is missing."""
-    try:
-        import nerfacc  # noqa: F401 - optional, comparison only
-        from nerfacc import volrend
-        from nerfacc.grid import traverse_grids as nf_traverse
-    except Exception:  # pragma: no cover - optional dependency
-        return {}
-    out = {}
-    c = cases
-    out["traverse_grids"] = lambda: nf_traverse(
-        c["rays_o"], c["rays_d"], c["binaries"], c["aabbs"], c["near"], c["far"], args.step, args.cone
-    )
-    out["render_weight_from_density fwd"] = lambda: volrend.render_weight_from_density(
-        c["t0"], c["t1"], c["sigmas"], ray_indices=c["ray_indices"], n_rays=c["n_rays"]
-    )
-    out["render_weight_from_alpha fwd"] = lambda: volrend.render_weight_from_alpha(
-        c["alphas"], ray_indices=c["ray_indices"], n_rays=c["n_rays"]
-    )
-    return out
-
-
-def build_cases(n_rays: int, spp: int, res: int, device: str, args) -> tuple[dict, dict]:
-    """Inputs shared by every backend, and the per-op call recipes ``name -> fn(backend_module)``."""
+def build_cases(args, device: torch.device) -> tuple[list[Case], dict]:
+    r, spp, res = args.rays, args.spp, args.res
     g = torch.Generator().manual_seed(0)
-    packed_info, ray_indices, t0, t1, n = _packed(n_rays, spp, device)
-    rays_o = (torch.rand(n_rays, 3, generator=g) * 0.2 - 0.1).to(device)
-    d = torch.randn(n_rays, 3, generator=g)
+    packed_info, ray_indices, t0, t1, n = bu.packed_layout(r, spp, device)
+    rays_o = (torch.rand(r, 3, generator=g) * 0.2 - 0.1).to(device)
+    d = torch.randn(r, 3, generator=g)
     rays_d = (d / d.norm(dim=-1, keepdim=True)).to(device)
     binaries = (torch.rand(1, res, res, res, generator=g) > 0.7).to(device)
-    aabbs = torch.tensor([[-1.5, -1.5, -1.5, 1.5, 1.5, 1.5]], device=device)
-    near = torch.zeros(n_rays, device=device)
-    far = torch.full((n_rays,), 1e10, device=device)
-    sigmas = torch.rand(n, device=device) * 5
-    alphas = torch.rand(n, device=device) * 0.1
-    rgb = torch.rand(n, 3, device=device)
-    pts = torch.randn(n, 3, device=device) * 2
-    occs = torch.rand(res**3, device=device)
-    cell_ids = torch.randint(0, res**3, (res**3 // 4,), device=device)
-    cell_vals = torch.rand(res**3 // 4, device=device)
-    cdfs = ref._inclusive_sum(torch.rand(n, device=device), packed_info)
-    n_per_ray = torch.full((n_rays,), 32, device=device, dtype=torch.long)
-    bias = torch.full((n_rays,), 0.5, device=device)
-    data = dict(
-        rays_o=rays_o, rays_d=rays_d, binaries=binaries, aabbs=aabbs, near=near, far=far, t0=t0, t1=t1,
-        sigmas=sigmas, alphas=alphas, ray_indices=ray_indices, n_rays=n_rays, packed_info=packed_info, n=n,
-    )  # fmt: skip
+    aabb = torch.tensor([-1.5, -1.5, -1.5, 1.5, 1.5, 1.5], device=device)
+    aabbs = aabb[None]
+    near = torch.zeros(r, device=device)
+    far = torch.full((r,), 1e10, device=device)
+    sigmas = (torch.rand(n, generator=g) * 5).to(device)
+    alphas = (torch.rand(n, generator=g) * 0.1).to(device)
+    rgbs = torch.rand(n, 3, generator=g).to(device)
+    # Batched (padded) layout: r rays x spp samples.
+    tb = torch.sort(torch.rand(r, spp + 1, generator=g) * 4, dim=-1).values.to(device)
+    t0b, t1b = tb[:, :-1].contiguous(), tb[:, 1:].contiguous()
+    sigmas_b = (torch.rand(r, spp, generator=g) * 5).to(device)
+    alphas_b = (torch.rand(r, spp, generator=g) * 0.1).to(device)
+    rgbs_b = torch.rand(r, spp, 3, generator=g).to(device)
+    nb = r * spp
     step, cone = args.step, args.cone
-    recipes = {
-        "traverse_grids": lambda m: lambda: m._traverse_grids(rays_o, rays_d, binaries, aabbs, near, far, step, cone),
-        "render_weight_from_density fwd": lambda m: lambda: m._render_weight_from_density(t0, t1, sigmas, packed_info),
-        "render_weight_from_density fwd+bwd": lambda m: _fwd_bwd(
-            lambda s: m._render_weight_from_density(t0, t1, s, packed_info), [sigmas]
-        ),
-        "render_weight_from_alpha fwd": lambda m: lambda: m._render_weight_from_alpha(alphas, packed_info),
-        "render_weight_from_alpha fwd+bwd": lambda m: _fwd_bwd(
-            lambda a: m._render_weight_from_alpha(a, packed_info), [alphas]
-        ),
-        "exclusive_prod fwd+bwd": lambda m: _fwd_bwd(lambda a: m._exclusive_prod(a, packed_info), [1 - alphas]),
-        "inclusive_sum fwd": lambda m: lambda: m._inclusive_sum(sigmas, packed_info),
-        "accumulate_along_rays fwd+bwd": lambda m: _fwd_bwd(
-            lambda w, v: m._accumulate_along_rays(w, v, ray_indices, n_rays), [alphas, rgb]
-        ),
-        "contract l2 fwd+bwd": lambda m: _fwd_bwd(lambda x: m._contract(x, aabbs[0], "l2"), [pts]),
-        "importance_sampling": lambda m: lambda: m._importance_sampling(t0, cdfs, packed_info, n_per_ray, bias),
-        "grid_ema_update": lambda m: lambda: m._grid_ema_update(occs, cell_ids, cell_vals, 0.95),
-    }
-    return data, recipes
+    cases: list[Case] = []
 
+    # ---- traversal -----------------------------------------------------------------------------------------
+    def occ_est(api):
+        est = api.OccGridEstimator(roi_aabb=aabb, resolution=res, levels=1).to(device)
+        est.binaries.copy_(binaries.view(est.binaries.shape))
+        return est
 
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+        n_trav = ours.traverse_grids(rays_o, rays_d, binaries, aabbs, near, far, step, cone)[1].vals.numel()
+    except Exception as err:  # reported again in the traversal rows
+        print(f"traverse_grids failed while sizing the inputs: {err}", flush=True)
+        n_trav = -1
+    cases.append(
+        Case(
+            "traversal",
+            "traverse_grids",
+            "rays",
+            lambda api: lambda: api.traverse_grids(rays_o, rays_d, binaries, aabbs, near, far, step, cone),
+            n_trav,
+        )
+    )
+
+    def sampling_plain(api):
+        est = occ_est(api)
+        return lambda: est.sampling(rays_o, rays_d, render_step_size=step, near_plane=0.0, cone_angle=cone)
+
+    cases.append(Case("traversal", "OccGridEstimator.sampling", "rays", sampling_plain, n_trav))
+
+    def field_sigma(t_starts, t_ends, ray_idx):
+        return ((t_starts + t_ends) * 3.0).sin().abs() * 20.0
+
+    def sampling_sigma(api):
+        est = occ_est(api)
+        return lambda: est.sampling(
+            rays_o, rays_d, sigma_fn=field_sigma, render_step_size=step, near_plane=0.0, cone_angle=cone
+        )
+
+    cases.append(Case("traversal", "OccGridEstimator.sampling + sigma_fn", "rays", sampling_sigma, n_trav))
+
+    # ---- rendering -----------------------------------------------------------------------------------------
+    for form in ("packed", "ray_indices", "batched"):
+        if form == "batched":
+            ts, te, sg, al, m, cpu_ok = t0b, t1b, sigmas_b, alphas_b, nb, True
+            kw: dict = {}
+        else:
+            ts, te, sg, al, m, cpu_ok = t0, t1, sigmas, alphas, n, False
+            kw = {"packed_info": packed_info} if form == "packed" else {"ray_indices": ray_indices, "n_rays": r}
+
+        def dens(api, ts=ts, te=te, kw=kw):
+            return lambda s: api.render_weight_from_density(ts, te, s, **kw)
+
+        def alph(api, kw=kw):
+            return lambda a: api.render_weight_from_alpha(a, **kw)
+
+        cases += [
+            Case(
+                "rendering",
+                "render_weight_from_density fwd",
+                form,
+                lambda api, dens=dens, sg=sg: (lambda f: lambda: f(sg))(dens(api)),
+                m,
+                target=False,
+                nerfacc_cpu=cpu_ok,
+                min_bytes=6 * F32 * m + _layout_bytes(form, m, r, 1),
+                bytes_doc="reads t_starts, t_ends, sigmas; writes weights, trans, alphas (6 floats/sample)",
+            ),
+            Case(
+                "rendering",
+                "render_weight_from_density fwd+bwd",
+                form,
+                lambda api, dens=dens, sg=sg: bu.fwd_bwd(dens(api), [sg], grad_outputs=1),
+                m,
+                nerfacc_cpu=cpu_ok,
+                min_bytes=11 * F32 * m + _layout_bytes(form, m, r, 2),
+                bytes_doc="fwd 6 floats/sample; bwd reads dL/dweights, t_starts, t_ends, sigmas, writes dL/dsigmas "
+                "(5): 11 floats/sample",
+            ),
+            Case(
+                "rendering",
+                "render_weight_from_alpha fwd",
+                form,
+                lambda api, alph=alph, al=al: (lambda f: lambda: f(al))(alph(api)),
+                m,
+                target=False,
+                nerfacc_cpu=cpu_ok,
+                min_bytes=3 * F32 * m + _layout_bytes(form, m, r, 1),
+                bytes_doc="reads alphas; writes weights, trans (3 floats/sample)",
+            ),
+            Case(
+                "rendering",
+                "render_weight_from_alpha fwd+bwd",
+                form,
+                lambda api, alph=alph, al=al: bu.fwd_bwd(alph(api), [al], grad_outputs=1),
+                m,
+                nerfacc_cpu=cpu_ok,
+                min_bytes=6 * F32 * m + _layout_bytes(form, m, r, 2),
+                bytes_doc="fwd 3 floats/sample; bwd reads dL/dweights, alphas, writes dL/dalphas (3): 6 floats/sample",
+            ),
+        ]
+
+    def rendering_case(api, batched: bool):
+        if batched:
+
+            def fn(rgb, s):
+                c, o, dpt, _ = api.rendering(t0b, t1b, rgb_sigma_fn=lambda *_: (rgb, s))
+                return c, o, dpt
+
+            return bu.fwd_bwd(fn, [rgbs_b, sigmas_b])
+
+        def fn(rgb, s):
+            c, o, dpt, _ = api.rendering(t0, t1, ray_indices, r, rgb_sigma_fn=lambda *_: (rgb, s))
+            return c, o, dpt
+
+        return bu.fwd_bwd(fn, [rgbs, sigmas])
+
+    cases.append(
+        Case("rendering", "rendering (rgb_sigma_fn) fwd+bwd", "ray_indices", lambda api: rendering_case(api, False), n)
+    )
+    cases.append(
+        Case(
+            "rendering",
+            "rendering (rgb_sigma_fn) fwd+bwd",
+            "batched",
+            lambda api: rendering_case(api, True),
+            nb,
+            nerfacc_cpu=True,
+        )
+    )
+
+    # ---- importance sampling -------------------------------------------------------------------------------
+    cdf_b = torch.rand(r, spp + 1, generator=g).cumsum(-1)
+    cdf_b = ((cdf_b - cdf_b[:, :1]) / (cdf_b[:, -1:] - cdf_b[:, :1])).to(device)
+    edges_b = torch.linspace(0.0, 1.0, spp + 1).expand(r, -1).contiguous().to(device)
+    cases.append(
+        Case(
+            "sampling",
+            f"importance_sampling ({spp}+1 edges -> {spp}, stratified)",
+            "batched",
+            lambda api: (lambda iv: lambda: api.importance_sampling(iv, cdf_b, spp, stratified=True))(
+                api.RayIntervals(vals=edges_b)
+            ),
+            r * spp,
+            compare=False,
+        )
+    )
+    cases.append(
+        Case(
+            "sampling",
+            f"importance_sampling ({spp}+1 edges -> {spp})",
+            "batched",
+            lambda api: (lambda iv: lambda: api.importance_sampling(iv, cdf_b, spp, stratified=False))(
+                api.RayIntervals(vals=edges_b)
+            ),
+            r * spp,
+        )
+    )
+    # Packed: every ray gets its layout's count (at least 1) + 1 edges and is resampled to spp intervals.
+    e_counts = packed_info[:, 1].clamp(min=1) + 1
+    e_info = torch.stack([torch.cumsum(e_counts, 0) - e_counts, e_counts], -1)
+    e_rays = torch.repeat_interleave(torch.arange(r, device=device), e_counts)
+    e_pos = torch.arange(e_rays.numel(), device=device) - e_info[e_rays, 0]
+    e_frac = e_pos.float() / (e_counts[e_rays] - 1).float()
+    edges_p = e_frac.contiguous()
+    e_left, e_right = e_pos < e_counts[e_rays] - 1, e_pos > 0
+    cdf_p = (e_frac**2).contiguous()
+    n_per_ray = torch.full((r,), spp, device=device, dtype=torch.long)
+    cases.append(
+        Case(
+            "sampling",
+            f"importance_sampling (-> {spp} per ray)",
+            "packed",
+            lambda api: (lambda iv: lambda: api.importance_sampling(iv, cdf_p, n_per_ray, stratified=False))(
+                api.RayIntervals(vals=edges_p, packed_info=e_info, is_left=e_left, is_right=e_right)
+            ),
+            r * spp,
+        )
+    )
+    q_vals = torch.sort(torch.rand(r, spp, generator=g), dim=-1).values.reshape(-1).to(device)
+    sorted_iv = (e_info, e_left, e_right)
+    q_info = torch.stack([torch.arange(r, device=device) * spp, torch.full((r,), spp, device=device)], -1)
+    cases.append(
+        Case(
+            "sampling",
+            "searchsorted",
+            "packed",
+            lambda api: (lambda s, q: lambda: api.searchsorted(s, q))(
+                api.RayIntervals(vals=edges_p, packed_info=sorted_iv[0], is_left=sorted_iv[1], is_right=sorted_iv[2]),
+                api.RayIntervals(vals=q_vals, packed_info=q_info),
+            ),
+            r * spp,
+            target=False,
+        )
+    )
+
+    def prop_sigma(t_starts, t_ends):
+        return ((t_starts + t_ends) * 2.0).sin().abs() * 5.0
+
+    def prop_case(api, stratified):
+        est = api.PropNetEstimator()
+        return lambda: est.sampling(
+            [prop_sigma, prop_sigma], [256, 96], 48, r, 0.05, 6.0, "lindisp", stratified=stratified
+        )
+
+    cases.append(
+        Case(
+            "sampling",
+            "PropNetEstimator.sampling (256, 96 -> 48)",
+            "batched",
+            lambda api: prop_case(api, False),
+            r * 48,
+            target=False,
+        )
+    )
+
+    # ---- scans ---------------------------------------------------------------------------------------------
+    prod_in, prod_in_b = 1.0 - alphas, 1.0 - alphas_b
+    for op in ("inclusive_sum", "exclusive_sum", "inclusive_prod", "exclusive_prod"):
+        x, xb = (sigmas, sigmas_b) if "sum" in op else (prod_in, prod_in_b)
+        bwd_reads = 1 if "sum" in op else 2  # a product's backward needs the inputs (or outputs) too
+        cases += [
+            Case(
+                "scan",
+                f"{op} fwd",
+                "packed",
+                lambda api, op=op, x=x: lambda: getattr(api, op)(x, packed_info),
+                n,
+                min_bytes=2 * F32 * n + _layout_bytes("packed", n, r, 1),
+                bytes_doc="reads inputs, writes outputs (2 floats/sample)",
+            ),
+            Case(
+                "scan",
+                f"{op} fwd+bwd",
+                "packed",
+                lambda api, op=op, x=x: bu.fwd_bwd(lambda v: getattr(api, op)(v, packed_info), [x]),
+                n,
+                min_bytes=(3 + bwd_reads) * F32 * n + _layout_bytes("packed", n, r, 2),
+                bytes_doc=f"fwd 2 floats/sample; bwd reads dL/dout{', inputs' if bwd_reads > 1 else ''}, "
+                f"writes dL/din ({1 + bwd_reads})",
+            ),
+            Case(
+                "scan",
+                f"{op} fwd+bwd",
+                "batched",
+                lambda api, op=op, xb=xb: bu.fwd_bwd(lambda v: getattr(api, op)(v), [xb]),
+                nb,
+                nerfacc_cpu=True,
+                min_bytes=(3 + bwd_reads) * F32 * nb,
+                bytes_doc=f"as packed, no layout ({3 + bwd_reads} floats/sample)",
+            ),
+        ]
+
+    # ---- other ---------------------------------------------------------------------------------------------
+    cases.append(
+        Case(
+            "other",
+            "accumulate_along_rays fwd+bwd",
+            "ray_indices",
+            lambda api: bu.fwd_bwd(lambda w, v: api.accumulate_along_rays(w, v, ray_indices, r), [alphas, rgbs]),
+            n,
+            nerfacc_cpu=True,
+        )
+    )
+    cases.append(
+        Case("other", "pack_info", "ray_indices", lambda api: lambda: api.pack_info(ray_indices, r), n, compare=True)
+    )
+
+    def occ_eval(x):
+        return (x * 4.0).sin().prod(dim=-1, keepdim=True).abs() * 0.05
+
+    def grid_update(api):
+        est = occ_est(api)
+        return lambda: est.update_every_n_steps(step=1024, occ_eval_fn=occ_eval, n=16)
+
+    cases.append(
+        Case(
+            "other",
+            "OccGridEstimator.update_every_n_steps",
+            "cells",
+            grid_update,
+            res**3 // 4,
+            nerfacc_cpu=True,
+            compare=False,
+        )
+    )
+    pts = (torch.randn(n, 3, generator=g) * 2).to(device)
+    cases.append(
+        Case(
+            "other",
+            "contract l2 fwd+bwd",
+            "points",
+            lambda api: bu.fwd_bwd(lambda x: api.contract(x, aabb, "l2"), [pts]),
+            n,
+            nerfacc=False,
+        )
+    )
+    cases.append(
+        Case(
+            "other",
+            "distortion fwd+bwd",
+            "ray_indices",
+            lambda api: bu.fwd_bwd(lambda w: api.distortion(w, t0, t1, ray_indices, r), [alphas]),
+            n,
+            nerfacc=False,
+        )
+    )
+    data = {"n": n, "n_trav": n_trav, "nb": nb}
+    return cases, data
 
 
-def _commit() -> str:
+def _tensors(x) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (tuple, list)):
+        return [t for y in x for t in _tensors(y)]
+    if hasattr(x, "vals") and isinstance(x.vals, torch.Tensor):
+        return [x.vals]
+    return []
+
+
+def _max_diff(a, b) -> str:
+    ta, tb = _tensors(a), _tensors(b)
+    if len(ta) != len(tb):
+        return f"{len(ta)} vs {len(tb)} outputs"
+    worst = 0.0
+    for x, y in zip(ta, tb, strict=True):
+        if x.shape != y.shape:
+            return f"shape {tuple(x.shape)} vs {tuple(y.shape)}"
+        if x.numel() == 0:
+            continue
+        if x.dtype == torch.bool or not x.is_floating_point():
+            worst = max(worst, float((x.long() != y.long()).sum()))  # count of differing entries
+        else:
+            worst = max(worst, float((x.double() - y.double()).abs().nan_to_num(nan=float("inf")).max()))
+    return f"{worst:.1e}"
+
+
+def _with_env(values: dict[str, str]):
+    class _Env:
+        def __enter__(self):
+            self.saved = {k: os.environ.get(k) for k in values}
+            os.environ.update(values)
+
+        def __exit__(self, *exc):
+            for k, v in self.saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    return _Env()
+
+
+def _load_nerfacc(device: torch.device, module: str = "nerfacc"):
+    """nerfacc, or ``(None, reason)``. On CUDA also loads (JIT-building on first use) its extension here, so the
+    build is not timed. ``module``: another module with the same API in nerfacc's place (a self-test of the
+    comparison code: ``nerfaccel_plugin`` compares us with ourselves, on every row, on any device)."""
+    if module != "nerfacc":
+        return importlib.import_module(module), f"{module} in nerfacc's place (self-test)"
     try:
-        cmd = ["git", "rev-parse", "--short", "HEAD"]
-        return subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
-    except Exception:
-        return "unknown"
+        import nerfacc  # noqa: PLC0415 - optional, comparison only
+    except Exception as err:  # pragma: no cover - optional dependency
+        return None, f"nerfacc not importable ({err})"
+    if device.type == "cuda":
+        try:
+            from nerfacc.cuda._backend import _C  # noqa: PLC0415
+
+            if _C is None:
+                return None, "nerfacc's CUDA extension is unavailable (no CUDA toolkit?)"
+        except Exception as err:  # pragma: no cover
+            return None, f"nerfacc's CUDA extension failed to load ({err})"
+    return nerfacc, f"nerfacc {getattr(nerfacc, '__version__', '?')}"
+
+
+def _cuda_fatal(msg: str) -> bool:
+    return any(k in msg for k in ("CUDA error", "AcceleratorError", "illegal memory access", "device-side assert"))
+
+
+def _cell(fn: Callable[[], float]) -> tuple[float | None, str | None]:
+    try:
+        return fn(), None
+    except Exception as err:
+        msg = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:160]
+        return None, msg
+
+
+def run(args) -> str:
+    device = torch.device(args.device)
+    kind = "cpp" if device.type == "cpu" else "cuda"
+    env = {"NERFACCEL_SKIP_VALUE_CHECKS": "0" if args.value_checks else "1"}
+    nerfacc, nf_reason = _load_nerfacc(device, args.nerfacc_module) if not args.no_nerfacc else (None, "--no-nerfacc")
+    any_device = args.nerfacc_module != "nerfacc"
+    torch.manual_seed(0)
+    with _with_env({**env, "NERFACCEL_BACKEND": kind}):
+        cases, data = build_cases(args, device)
+    if args.only:
+        groups = {c.group for c in cases}
+        cases = [c for c in cases if c.group in args.only or any(s not in groups and s in c.name for s in args.only)]
+    copy_bps, copy_sec = bu.copy_bandwidth(device, args.copy_mib * 2**20)
+    print(
+        f"copy bandwidth: {copy_bps / 1e9:.1f} GB/s ({args.copy_mib} MiB device-to-device in {copy_sec * 1e3:.3f} ms)",
+        flush=True,
+    )
+    print(f"nerfacc: {nf_reason}", flush=True)
+
+    head = ["group", "op", "form", "items"]
+    if args.torch:
+        head += ["torch (ms)", "torch/ours"]
+    head += [f"ours {kind} (ms)", "nerfacc (ms)", "nerfacc/ours", "target", "vs target", "pass", "max abs diff"]
+    head += ["GB/s", "% copy BW", "BW pass"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 3 else "---:" for i in range(len(head))) + "|"]
+    notes: list[str] = []
+    summary: dict[str, list[tuple[str, float | None]]] = {}
+    bw_rows: list[tuple[str, float]] = []
+
+    def note(msg: str) -> str:
+        if msg not in notes:
+            notes.append(msg)
+        return f"err[{notes.index(msg) + 1}]"
+
+    print(lines[0], lines[1], sep="\n", flush=True)
+    bytes_docs: dict[str, str] = {}
+    fatal = ""
+    for case in cases:
+        label = f"{case.name} ({case.form})"
+        with _with_env({**env, "NERFACCEL_BACKEND": kind}):
+            ours_thunk, err = _cell(lambda case=case: case.make(ours))
+            t_ours = None
+            if err is None:
+                t_ours, err = _cell(lambda: bu.time_fn(ours_thunk, device, args.repeat, args.warmup))
+        cells = [case.group, case.name, case.form, str(case.items)]
+        if args.torch:
+            with _with_env({**env, "NERFACCEL_BACKEND": "torch"}):
+                t_ref, err_ref = _cell(lambda case=case: bu.time_fn(case.make(ours), device, args.repeat, args.warmup))
+            cells.append(f"{t_ref * 1e3:.2f}" if t_ref is not None else note(err_ref))
+            cells.append(f"{t_ref / t_ours:.1f}x" if (t_ref is not None and t_ours) else "-")
+        cells.append(f"{t_ours * 1e3:.3f}" if t_ours is not None else note(err))
+        nf_ok = nerfacc is not None and case.nerfacc and (device.type == "cuda" or case.nerfacc_cpu or any_device)
+        t_nf, ratio, diff = None, None, "-"
+        if nf_ok:
+            nf_thunk, err_nf = _cell(lambda case=case: case.make(nerfacc))
+            if err_nf is None:
+                t_nf, err_nf = _cell(lambda: bu.time_fn(nf_thunk, device, args.repeat, args.warmup))
+            if err_nf is not None:
+                cells.append(note("nerfacc: " + err_nf))
+            else:
+                cells.append(f"{t_nf * 1e3:.3f}")
+            if t_nf is not None and t_ours:
+                ratio = t_nf / t_ours
+            if case.compare and t_nf is not None and t_ours is not None:
+                torch.manual_seed(0)
+                with _with_env({**env, "NERFACCEL_BACKEND": kind}):
+                    a, e1 = _cell(lambda: ours_thunk())
+                torch.manual_seed(0)
+                b, e2 = _cell(lambda: nf_thunk())
+                diff = _max_diff(a, b) if e1 is None and e2 is None else "error"
+        else:
+            cells.append("-" if case.nerfacc else "n/a")
+        cells.append(f"{ratio:.2f}x" if ratio is not None else "-")
+        target = TARGETS.get(case.group) if case.target else None
+        if target is not None:
+            cells.append(f">= {target:g}x")
+            cells.append(f"{ratio / target:.2f}" if ratio is not None else "-")
+            cells.append(("PASS" if ratio >= target else "FAIL") if ratio is not None else "-")
+            summary.setdefault(case.group, []).append((label, ratio))
+        else:
+            cells += ["-", "-", "-"]
+        cells.append(diff)
+        if case.min_bytes is not None and t_ours:
+            bytes_docs.setdefault(f"{case.name}", case.bytes_doc)
+            gbs = case.min_bytes / t_ours / 1e9
+            share = case.min_bytes / t_ours / copy_bps
+            cells += [f"{gbs:.1f}", f"{share * 100:.0f}%"]
+            if case.group == "rendering" and case.target:
+                if case.items >= BW_MIN_SAMPLES:
+                    cells.append("PASS" if share >= BW_TARGET else "FAIL")
+                    bw_rows.append((label, share))
+                else:
+                    cells.append(f"n/a (< {BW_MIN_SAMPLES:.0e} samples)")
+            else:
+                cells.append("-")
+        else:
+            cells += ["-", "-", "-"]
+        row = "| " + " | ".join(cells) + " |"
+        lines.append(row)
+        print(row, flush=True)
+        if device.type == "cuda" and any(_cuda_fatal(m) for m in notes):
+            fatal = f"stopped after '{label}': a CUDA error leaves the process's CUDA context unusable"
+            print(fatal, flush=True)
+            break
+
+    # ---- summary -------------------------------------------------------------------------------------------
+    out = [
+        "",
+        "## Targets",
+        "",
+        "| target | rows measured | worst row | worst ratio | verdict |",
+        "|---|---:|---|---:|---|",
+    ]
+    for group, target in TARGETS.items():
+        rows = summary.get(group, [])
+        measured = [(lbl, x) for lbl, x in rows if x is not None]
+        if not measured:
+            out.append(f"| {group} >= {target:g}x nerfacc | 0 of {len(rows)} | - | - | not measured |")
+            continue
+        worst = min(measured, key=lambda t: t[1])
+        ok = all(x >= target for _, x in measured) and len(measured) == len(rows)
+        verdict = "PASS" if ok else ("FAIL" if any(x < target for _, x in measured) else "incomplete")
+        out.append(
+            f"| {group} >= {target:g}x nerfacc | {len(measured)} of {len(rows)} | {worst[0]} | {worst[1]:.2f}x | "
+            f"{verdict} |"
+        )
+    if bw_rows:
+        worst = min(bw_rows, key=lambda t: t[1])
+        verdict = "PASS" if worst[1] >= BW_TARGET else "FAIL"
+        out.append(
+            f"| rendering fwd+bwd >= {BW_TARGET:.0%} of copy bandwidth at >= 1e7 samples | {len(bw_rows)} | "
+            f"{worst[0]} | {worst[1]:.0%} | {verdict} |"
+        )
+    else:
+        out.append(
+            f"| rendering fwd+bwd >= {BW_TARGET:.0%} of copy bandwidth | 0 | - | - | not measured (needs >= 1e7 "
+            "samples) |"
+        )
+    if device.type != "cuda":
+        out += ["", "The targets are for a GPU; on the CPU the nerfacc column covers only its CPU-capable forms."]
+    out += ["", "Minimum bytes per row (float32 = 4 B, int64 = 8 B; packed_info 16 B per ray per pass; ray_indices "
+            "8 B per sample once, plus 32 B per ray to keep the layout for the backward pass):", ""]  # fmt: skip
+    out += [f"- {k}: {v}" for k, v in bytes_docs.items()]
+    if notes:
+        out += ["", "Errors:", ""] + [f"{i + 1}. {m}" for i, m in enumerate(notes)]
+    if fatal:
+        out += ["", f"**Incomplete: {fatal}.** Rerun the remaining groups with `--only`."]
+
+    meta = [
+        f"sizes: {args.rays} rays, ~{args.spp} samples/ray packed ({data['n']} samples; every 16th ray empty), "
+        f"batched {args.rays} x {args.spp} ({data['nb']} samples), grid {args.res}^3 (30% occupied, "
+        f"{data['n_trav']} samples traversed), step {args.step:.5f}, cone {args.cone}",
+        f"timing: median of {args.repeat} after {args.warmup} warm-up calls"
+        + (", CUDA events" if device.type == "cuda" else ", perf_counter"),
+        f"measured copy bandwidth: {copy_bps / 1e9:.1f} GB/s ({args.copy_mib} MiB device-to-device, read + written)",
+        f"ours: NERFACCEL_BACKEND={kind}"
+        + (", torch column NERFACCEL_BACKEND=torch" if args.torch else "")
+        + f"; value checks {'on' if args.value_checks else 'off (NERFACCEL_SKIP_VALUE_CHECKS=1)'}",
+        f"nerfacc: {nf_reason}",
+        f"load average (1/5/15 min) at the end: {bu.load_average()}",
+    ]
+    if args.note:
+        meta.append(f"note: {args.note}")
+    title = f"Backends on {device.type}: nerfaccel {kind}" + (" vs nerfacc" if nerfacc is not None else "")
+    text = bu.header(title, device, meta) + "\n".join(lines + out) + "\n"
+    return text, bool(fatal)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--rays", type=int, default=4096)
-    parser.add_argument("--spp", type=int, default=64, help="mean samples per ray for the packed ops")
+    parser.add_argument("--rays", type=int, default=None, help="default 4096 on cpu, 131072 on cuda")
+    parser.add_argument("--spp", type=int, default=None, help="mean samples per ray; default 64 cpu, 128 cuda")
     parser.add_argument("--res", type=int, default=128, help="occupancy grid resolution")
     parser.add_argument("--step", type=float, default=3**0.5 * 3 / 1024)
     parser.add_argument("--cone", type=float, default=0.0)
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
+    parser.add_argument("--repeat", type=int, default=None, help="timed calls per cell; default 5 cpu, 20 cuda")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls first; default 1 cpu, 3 cuda")
+    parser.add_argument(
+        "--torch",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time the PyTorch backend (default: on for cpu, off for cuda)",
+    )
+    parser.add_argument("--no-nerfacc", action="store_true", help="skip nerfacc")
+    parser.add_argument(
+        "--nerfacc-module",
+        default="nerfacc",
+        help="module timed in nerfacc's place; 'nerfaccel_plugin' self-tests the comparison columns on any device",
+    )
+    parser.add_argument("--value-checks", action="store_true", help="keep our input value checks on")
+    parser.add_argument("--only", nargs="+", default=None, help="groups (traversal rendering sampling scan other) or "
+                        "substrings of op names")  # fmt: skip
+    parser.add_argument("--copy-mib", type=int, default=None, help="size of the bandwidth copy; 2048 cuda, 256 cpu")
+    parser.add_argument("--note", default="", help="a line for the results file (e.g. 'machine shared with a build')")
+    parser.add_argument("--out", type=Path, default=None, help="also write the markdown here")
     args = parser.parse_args()
-
-    from nerfaccel_plugin import _ext
-
-    device = args.device
-    kind = "cpp" if device == "cpu" else "cuda"
-    kernels = _ext.load_backend(kind)
-    data, recipes = build_cases(args.rays, args.spp, args.res, device, args)
-    others = _nerfacc_cases(data, device, args) if device == "cuda" else {}
-
-    header = f"| op | torch (ms) | {kind} (ms) | torch/{kind} |"
-    sep = "|---|---:|---:|---:|"
-    if others:
-        header += " nerfacc (ms) | nerfacc/" + kind + " |"
-        sep += "---:|---:|"
-    lines = [header, sep]
-    for name, recipe in recipes.items():
-        t_ref = _time(recipe(ref), device, args.repeat)
-        t_ker = _time(recipe(kernels), device, args.repeat)
-        row = f"| {name} | {t_ref * 1e3:.2f} | {t_ker * 1e3:.2f} | {t_ref / t_ker:.1f}x |"
-        if others:
-            if name in others:
-                t_nf = _time(others[name], device, args.repeat)
-                row += f" {t_nf * 1e3:.2f} | {t_nf / t_ker:.2f}x |"
-            else:
-                row += " - | - |"
-        lines.append(row)
-        print(row, flush=True)
-
-    dev_name = torch.cuda.get_device_name() if device == "cuda" else _machine()
-    meta = [
-        f"# Backends on {device}: torch reference vs {kind}",
-        "",
-        f"- machine: {dev_name}",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- commit: {_commit()}",
-        f"- sizes: {args.rays} rays, ~{args.spp} samples/ray ({data['n']} samples), grid {args.res}^3, "
-        f"step {args.step:.5f}, cone {args.cone}; median of {args.repeat} runs",
-        "- fwd+bwd: forward, then backward from fixed random cotangents (no loss around the op)",
-        "",
-    ]
-    text = "\n".join(meta + lines) + "\n"
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        parser.error("--device cuda but torch.cuda.is_available() is False")
+    args.rays = args.rays or (131072 if cuda else 4096)
+    args.spp = args.spp or (128 if cuda else 64)
+    args.repeat = args.repeat or (20 if cuda else 5)
+    args.warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
+    args.torch = (not cuda) if args.torch is None else args.torch
+    args.copy_mib = args.copy_mib or (2048 if cuda else 256)
+    text, fatal = run(args)
     print()
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
         print(f"written to {args.out}")
+    if fatal:
+        sys.exit(3)
 
 
 if __name__ == "__main__":
