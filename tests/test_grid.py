@@ -298,3 +298,91 @@ def test_estimator_rejects_bad_configuration():
         nacc.OccGridEstimator([0, 0, 0, 1, 1, 1], resolution=0)
     with pytest.raises(ValueError, match="levels"):
         nacc.OccGridEstimator([0, 0, 0, 1, 1, 1], levels=0)
+
+
+def _two_by_two_grid() -> nacc.OccGridEstimator:
+    """8 cells of [-1, 1]^3 with centres at (+-0.5, +-0.5, +-0.5); occs viewed as [x, y, z]."""
+    return nacc.OccGridEstimator(roi_aabb=[-1, -1, -1, 1, 1, 1], resolution=2)
+
+
+def test_mark_invisible_cells_near_plane_rule():
+    """nerfacc 0.5.3's rule: a cell in view but closer than near_plane to ANY camera is invisible, even when
+    another camera sees it from far enough away (before, one such camera made it visible)."""
+    # Camera 1 at z = -1 looking along +z: the z = -0.5 cells are at depth 0.5 (< near_plane = 1) and project to
+    # u, v = 1.5 +- 1 * 0.5 / 0.5 = 0.5 or 2.5 (inside the 3 x 3 image); the z = +0.5 cells at depth 1.5 to
+    # 1.5 +- 1/3. Camera 2 at z = -3 sees all eight at depths 2.5 and 3.5.
+    K = torch.tensor([[1.0, 0.0, 1.5], [0.0, 1.0, 1.5], [0.0, 0.0, 1.0]])
+    c2w = torch.eye(4).repeat(2, 1, 1)
+    c2w[0, 2, 3], c2w[1, 2, 3] = -1.0, -3.0
+    for k in (K, K[None], K.expand(2, 3, 3)):  # (3, 3), (1, 3, 3) as nerfacc 0.5.3, (n, 3, 3)
+        est = _two_by_two_grid()
+        est.occs.fill_(0.3)
+        est.mark_invisible_cells(k, c2w, width=3, height=3, near_plane=1.0)
+        occs = est.occs.view(2, 2, 2)
+        assert (occs[:, :, 0] == -1).all(), "too near to camera 1"
+        assert (occs[:, :, 1] == 0.3).all(), "seen by both at >= near_plane; the occupancy is kept"
+    # Camera 2 alone sees everything far enough away; camera 1 alone leaves the near cells unseen too.
+    est = _two_by_two_grid()
+    est.mark_invisible_cells(K, c2w[1:], width=3, height=3, near_plane=1.0)
+    assert (est.occs == 0).all()
+    est.mark_invisible_cells(K, c2w, width=3, height=3, near_plane=0.0)  # no near plane: all seen
+    assert (est.occs == 0).all()
+    with pytest.raises(ValueError, match="`K` must be"):
+        est.mark_invisible_cells(K.expand(3, 3, 3), c2w, width=3, height=3)
+
+
+def _per_cell(values: dict[int, float]):
+    """occ_eval_fn giving each cell of the 2 x 2 x 2 grid a fixed value (by flat index, x-major)."""
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        idx = (x > 0).long()
+        flat = (idx[:, 0] * 2 + idx[:, 1]) * 2 + idx[:, 2]
+        out = torch.zeros(x.shape[0])
+        for cell, v in values.items():
+            out[flat == cell] = v
+        return out[:, None]
+
+    return fn
+
+
+def test_update_threshold_is_the_mean_over_visible_cells():
+    """nerfacc 0.5.3: thre = min(occ_thre, mean of occs >= 0). The old clamp(min=0) counted invisible cells as 0."""
+    est = _two_by_two_grid()
+    est.train()
+    est.occs[[0, 2, 4, 6]] = -1.0  # the z = -0.5 half is invisible
+    est._update(0, _per_cell({1: 0.001, 3: 0.002, 5: 0.003, 7: 0.006}), warmup_steps=10)
+    torch.testing.assert_close(est.occs[[1, 3, 5, 7]], torch.tensor([0.001, 0.002, 0.003, 0.006]))
+    # visible mean 0.003 (not 0.0015): only the 0.006 cell is above it
+    assert est.binaries.view(-1).nonzero()[:, 0].tolist() == [7]
+    assert (est.occs[[0, 2, 4, 6]] == -1).all()
+
+
+def test_sampling_alpha_threshold_cap_uses_visible_cells():
+    """alpha_thre is capped at the grid's mean occupancy over visible cells (0.02 here, not 0.01)."""
+    est = _two_by_two_grid()
+    est.occs[[0, 2, 4, 6]] = -1.0
+    est.occs[[1, 3, 5, 7]] = 0.02
+    est.binaries[:] = True
+    rays_o = torch.tensor([[0.5, 0.5, -3.0]])
+    rays_d = torch.tensor([[0.0, 0.0, 1.0]])
+
+    def alpha_fn(t0, t1, ri):
+        return torch.full_like(t0, 0.015)
+
+    kw = dict(render_step_size=0.1, early_stop_eps=0.0, alpha_thre=0.5)
+    assert est.sampling(rays_o, rays_d, **kw)[0].numel() == 20
+    assert est.sampling(rays_o, rays_d, alpha_fn=alpha_fn, **kw)[0].numel() == 0  # 0.015 < cap 0.02
+    est.occs[[1, 3, 5, 7]] = 0.012
+    assert est.sampling(rays_o, rays_d, alpha_fn=alpha_fn, **kw)[0].numel() == 20  # 0.015 >= cap 0.012
+
+
+def test_sync_distributed_option_and_env(monkeypatch):
+    est = _two_by_two_grid()
+    assert est.sync_distributed is None and est._sync_enabled()
+    monkeypatch.setenv("NERFACCEL_GRID_SYNC", "0")
+    assert not est._sync_enabled()
+    assert nacc.OccGridEstimator([0, 0, 0, 1, 1, 1], resolution=2, sync_distributed=True)._sync_enabled()
+    monkeypatch.delenv("NERFACCEL_GRID_SYNC")
+    assert not nacc.OccGridEstimator([0, 0, 0, 1, 1, 1], resolution=2, sync_distributed=False)._sync_enabled()
+    with pytest.raises(TypeError, match="sync_distributed"):
+        nacc.OccGridEstimator([0, 0, 0, 1, 1, 1], sync_distributed="no")

@@ -165,3 +165,24 @@ def test_overlapping_packed_info_is_rejected(monkeypatch):
 
 def _t4(v):
     return torch.tensor(v, dtype=torch.float32)
+
+
+def test_sampling_t_min_t_max_are_checked_under_their_own_names():
+    """Wrong length or (n, 1) (which used to broadcast silently to (n, n)) fail naming t_min / t_max, not the
+    internal near_planes."""
+    est = nacc.OccGridEstimator([-1, -1, -1, 1, 1, 1], resolution=4)
+    est.binaries[:] = True
+    rays_o, rays_d = _rays(4)
+    with pytest.raises(ValueError, match=r"`t_min` must have shape \(4,\).*got \(4, 1\).*t_min.reshape\(-1\)"):
+        est.sampling(rays_o, rays_d, t_min=torch.zeros(4, 1))
+    with pytest.raises(ValueError, match=r"`t_max` must have shape \(4,\), one value per ray.*got \(3,\)"):
+        est.sampling(rays_o, rays_d, t_max=torch.full((3,), 5.0))
+    with pytest.raises(ValueError, match="`t_max`.*same device"):
+        est.sampling(rays_o, rays_d, t_max=torch.full((4,), 5.0, device="meta"))
+    with pytest.raises(ValueError, match="`t_min` contains NaN"):
+        est.sampling(rays_o, rays_d, t_min=torch.tensor([0.0, float("nan"), 0.0, 0.0]))
+    with pytest.raises(TypeError, match="`t_min`.*floating"):
+        est.sampling(rays_o, rays_d, t_min=torch.zeros(4, dtype=torch.long))
+    # Per-ray values are honoured: t_max = 2.5 keeps only samples ending by z = -0.5.
+    ri, t0, t1 = est.sampling(rays_o, rays_d, render_step_size=0.1, t_max=torch.tensor([2.5, 9.0, 9.0, 9.0]))
+    assert (t1[ri == 0] <= 2.5 + 1e-6).all() and (t1[ri == 1] > 3.5).any()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Optional, Union
@@ -29,12 +30,19 @@ class OccGridEstimator(AbstractEstimator):
     telling whether it is occupied; :meth:`sampling` only places samples in occupied cells.
 
     The grid is part of the module's ``state_dict`` (``occs`` and ``binaries``), so checkpoints
-    restore it. Under ``torch.distributed`` the update is all-reduced, so every rank holds the same grid.
+    restore it. Under ``torch.distributed`` the update is all-reduced by default, so every rank holds
+    the same grid (see ``sync_distributed``).
 
     Args:
         roi_aabb: ``(6,)`` region of interest ``{xmin, ymin, zmin, xmax, ymax, zmax}``.
         resolution: Cells per axis: an int (cube) or three ints. Default: 128.
         levels: Number of nested levels. Default: 1.
+        **kwargs: ``sync_distributed`` (keyword only, beyond nerfacc's arguments): whether the grid update
+            combines the ranks' evaluations under ``torch.distributed`` (one collective per update). ``None``
+            (default) follows ``NERFACCEL_GRID_SYNC`` (on unless it is ``0``); ``True`` / ``False`` override
+            it. With syncing off every rank updates its own grid from its own evaluations, and the ranks'
+            grids drift apart unless you synchronize them yourself. The attribute of the same name can be
+            changed later. Any other keyword is ignored with a warning (``contraction_type`` raises).
     """
 
     DIM: int = 3
@@ -52,6 +60,10 @@ class OccGridEstimator(AbstractEstimator):
                 "`contraction_type` is not supported (as in nerfacc >= 0.4): contract points in your field with "
                 "`nerfaccel_plugin.contract` and use a multi-level grid (`levels > 1`) for unbounded scenes."
             )
+        sync_distributed = kwargs.pop("sync_distributed", None)
+        if sync_distributed is not None and not isinstance(sync_distributed, bool):
+            raise TypeError(f"`sync_distributed` must be True, False or None, got {sync_distributed!r}.")
+        self.sync_distributed: Optional[bool] = sync_distributed
         if kwargs:
             warnings.warn(f"OccGridEstimator ignores unknown arguments: {sorted(kwargs)}", stacklevel=2)
         if isinstance(resolution, int):
@@ -138,19 +150,16 @@ class OccGridEstimator(AbstractEstimator):
         near_planes = torch.full_like(rays_o[:, 0], float(near_plane))
         far_planes = torch.full_like(rays_o[:, 0], float(far_plane))
         if t_min is not None:
-            check.floating("t_min", t_min)
-            near_planes = torch.maximum(near_planes, t_min.to(near_planes))
+            near_planes = torch.maximum(near_planes, _per_ray("t_min", t_min, rays_o).to(near_planes))
         if t_max is not None:
-            check.floating("t_max", t_max)
-            far_planes = torch.minimum(far_planes, t_max.to(far_planes))
+            far_planes = torch.minimum(far_planes, _per_ray("t_max", t_max, rays_o).to(far_planes))
         if stratified:
             near_planes = near_planes + torch.rand_like(near_planes) * render_step_size
         ray_indices, t_starts, t_ends = traverse_grids_samples(
             rays_o, rays_d, self.binaries, self.aabbs, near_planes, far_planes, render_step_size, cone_angle
         )
         if (alpha_thre > 0.0 or early_stop_eps > 0.0) and (sigma_fn is not None or alpha_fn is not None):
-            visible_occs = self.occs.clamp(min=0)
-            alpha_thre = min(alpha_thre, visible_occs.mean().item())
+            alpha_thre = min(alpha_thre, float(self._visible_mean()))
             packed_info = pack_info(ray_indices, n_rays)
             if sigma_fn is not None:
                 sigmas = sigma_fn(t_starts, t_ends, ray_indices)
@@ -244,7 +253,9 @@ class OccGridEstimator(AbstractEstimator):
         # Under torch.distributed every rank evaluates its own random cells (their seeds differ). The fresh
         # values are combined first (max over ranks), then one EMA step runs on the union of evaluated cells, so
         # every rank applies the same update: the result a single process evaluating all of them would get.
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        distributed = (
+            self._sync_enabled() and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        )
         fresh = torch.full_like(occs, -torch.inf) if distributed else None
         for lvl, indices in enumerate(lvl_indices):
             coords = self.grid_coords[indices]
@@ -267,9 +278,20 @@ class OccGridEstimator(AbstractEstimator):
             cell_ids = torch.nonzero(fresh > -torch.inf)[:, 0]
             occs = ema(occs.contiguous(), cell_ids, fresh[cell_ids].contiguous(), float(ema_decay))
         self.occs.copy_(occs)
-        visible = self.occs.clamp(min=0)
-        thre = torch.clamp(visible.mean(), max=occ_thre)
+        thre = torch.clamp(self._visible_mean(), max=occ_thre)
         self.binaries.copy_((self.occs > thre).view(self.binaries.shape))
+
+    def _visible_mean(self) -> Tensor:
+        """Mean occupancy of the cells not marked invisible (``occs >= 0``), as nerfacc 0.5.3; 0 when none is."""
+        visible = self.occs >= 0
+        n = visible.sum()
+        return torch.where(visible, self.occs, torch.zeros_like(self.occs)).sum() / n.clamp(min=1)
+
+    def _sync_enabled(self) -> bool:
+        """Whether the update combines the ranks' evaluations (``sync_distributed``, else ``NERFACCEL_GRID_SYNC``)."""
+        if self.sync_distributed is not None:
+            return bool(self.sync_distributed)
+        return os.environ.get("NERFACCEL_GRID_SYNC", "1").strip().lower() not in ("0", "false", "no", "off")
 
     @torch.no_grad()
     def mark_invisible_cells(
@@ -281,28 +303,32 @@ class OccGridEstimator(AbstractEstimator):
         near_plane: float = 0.0,
         chunk: int = 32**3,
     ) -> None:
-        """Marks cells seen by no camera as invisible (occupancy -1, never sampled nor updated).
+        """Marks cells no camera sees, and cells too close to a camera, as invisible (occupancy -1).
 
-        Call once before training when the cameras are fixed. Cameras use the OpenCV convention
-        (x right, y down, looking along +z), as in nerfacc; for OpenGL / Nerfstudio poses flip the
-        y and z axes of ``c2w`` first.
+        Invisible cells are never sampled nor updated. Call once before training when the cameras are fixed.
+        A cell (its centre) is seen by a camera when it projects inside the image in front of it; as in
+        nerfacc 0.5.3 it stays visible only when some camera sees it at a depth ``>= near_plane`` and no
+        camera sees it closer than ``near_plane`` (space in view between a camera and its near plane is
+        empty). Cells that stay visible keep their occupancy (negative values become 0). Cameras use the
+        OpenCV convention (x right, y down, looking along +z), as in nerfacc; for OpenGL / Nerfstudio poses
+        flip the y and z axes of ``c2w`` first.
 
         Args:
-            K: ``(3, 3)`` or ``(n, 3, 3)`` intrinsics.
+            K: ``(3, 3)``, ``(1, 3, 3)`` or ``(n, 3, 3)`` intrinsics.
             c2w: ``(n, 3, 4)`` or ``(n, 4, 4)`` camera-to-world poses.
             width: Image width in pixels.
             height: Image height in pixels.
-            near_plane: Cells closer than this along the optical axis do not count as seen.
+            near_plane: Depth along the optical axis below which a camera sees only empty space.
             chunk: Cells processed at once.
         """
         K = check.floating("K", K).to(self.occs)
         c2w = check.floating("c2w", c2w).to(self.occs)
         if c2w.dim() != 3 or c2w.shape[1:] not in ((3, 4), (4, 4)):
             raise ValueError(f"`c2w` must be (n, 3, 4) or (n, 4, 4), got {tuple(c2w.shape)}.")
-        if K.shape not in ((3, 3), (c2w.shape[0], 3, 3)):
-            raise ValueError(f"`K` must be (3, 3) or ({c2w.shape[0]}, 3, 3), got {tuple(K.shape)}.")
-        if K.dim() == 2:
-            K = K.expand(c2w.shape[0], 3, 3)
+        n_cams = c2w.shape[0]
+        if K.shape not in ((3, 3), (1, 3, 3), (n_cams, 3, 3)):
+            raise ValueError(f"`K` must be (3, 3), (1, 3, 3) or ({n_cams}, 3, 3), got {tuple(K.shape)}.")
+        K = K.reshape(-1, 3, 3).expand(n_cams, 3, 3)
         rot = c2w[:, :3, :3]
         trans = c2w[:, :3, 3:]
         w2c_rot = rot.transpose(1, 2)
@@ -317,11 +343,26 @@ class OccGridEstimator(AbstractEstimator):
                 uvd = K @ xc
                 depth = uvd[:, 2, :]
                 uv = uvd[:, :2, :] / depth.clamp(min=1e-8)[:, None, :]
-                seen = (
-                    (depth > near_plane) & (uv[:, 0] >= 0) & (uv[:, 0] < width) & (uv[:, 1] >= 0) & (uv[:, 1] < height)
-                ).any(dim=0)
+                in_image = (depth > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < width) & (uv[:, 1] >= 0) & (uv[:, 1] < height)
+                seen = (in_image & (depth >= near_plane)).any(dim=0)
+                too_near = (in_image & (depth < near_plane)).any(dim=0)
+                visible = seen & ~too_near
                 cells = lvl * self.cells_per_lvl + idx
                 self.occs[cells] = torch.where(
-                    seen, self.occs[cells].clamp(min=0), torch.full_like(self.occs[cells], -1.0)
+                    visible, self.occs[cells].clamp(min=0), torch.full_like(self.occs[cells], -1.0)
                 )
         self.binaries &= (self.occs >= 0).view(self.binaries.shape)
+
+
+def _per_ray(name: str, x: object, rays_o: Tensor) -> Tensor:
+    """Checks a per-ray ``t_min`` / ``t_max``: a float tensor of shape ``(n_rays,)`` on the rays' device."""
+    x = check.floating(name, x)
+    n_rays = rays_o.shape[0]
+    if x.shape != (n_rays,):
+        hint = f" (use `{name}.reshape(-1)`)" if x.numel() == n_rays else ""
+        raise ValueError(
+            f"`{name}` must have shape ({n_rays},), one value per ray of `rays_o`, got {tuple(x.shape)}{hint}."
+        )
+    check.same_device(rays_o=rays_o, **{name: x})
+    check.not_nan(name, x)
+    return x
