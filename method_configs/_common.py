@@ -59,6 +59,49 @@ class NerfaccelTrainerConfig(TrainerConfig):
                     self.experiment_name = (data.parent if data.is_file() else data).name or "unnamed"
         super().set_experiment_name()
 
+    def setup(self, **kwargs):
+        """The trainer; with ``hash-implementation auto`` and a checkpoint to resume from, the hash-grid backend
+        follows the checkpoint, decided before the optimizers are built from the field's parameters."""
+        follow_checkpoint_hash_backend(self)
+        return super().setup(**kwargs)
+
+
+def checkpoint_to_load(config: TrainerConfig) -> Path | None:
+    """The checkpoint Nerfstudio's trainer will resume from (``--load-dir`` latest or ``--load-step``, or
+    ``--load-checkpoint``), ``None`` when it trains from scratch or the file is not there."""
+    if config.load_dir is not None:
+        load_dir = Path(config.load_dir)
+        if config.load_step is not None:
+            path = load_dir / f"step-{config.load_step:09d}.ckpt"
+        else:
+            steps = sorted(int(p.stem.split("-", 1)[1]) for p in load_dir.glob("step-*.ckpt") if p.stem[5:].isdigit())
+            path = load_dir / f"step-{steps[-1]:09d}.ckpt" if steps else None
+    else:
+        path = Path(config.load_checkpoint) if config.load_checkpoint is not None else None
+    return path if path is not None and path.is_file() else None
+
+
+def follow_checkpoint_hash_backend(config: TrainerConfig) -> None:
+    """``auto`` hash grid + a torch-backend checkpoint to resume: use torch (tiny-cuda-nn would be picked on a GPU
+    machine and the checkpoint could not load). A tiny-cuda-nn checkpoint is left to ``auto``, which picks
+    tiny-cuda-nn wherever it can run; elsewhere loading explains that it needs it."""
+    model = config.pipeline.model
+    if not isinstance(model, NerfaccelModelConfig) or model.hash_implementation != "auto":
+        return
+    path = checkpoint_to_load(config)
+    if path is None:
+        return
+    import torch
+
+    from nerfaccel_plugin.models.nerfaccel_model import state_dict_hash_backend
+
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)["pipeline"]
+    except Exception:  # noqa: BLE001 - the trainer's own load reports an unreadable checkpoint
+        return
+    if state_dict_hash_backend(k for k in state if k.startswith("_model.")) == "torch":
+        model.hash_implementation = "torch"
+
 
 def make_trainer_config(
     method_name: str,

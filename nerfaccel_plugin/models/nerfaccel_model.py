@@ -6,6 +6,7 @@ time-conditioned hash grid), the sampler (occupancy grid or proposal networks) a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
@@ -34,19 +35,39 @@ from ..volrend import accumulate_along_rays, render_weight_from_density
 _COLORS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
 
 
+def _tcnn_usable(device: Optional[Union[str, torch.device]]) -> bool:
+    """Whether tiny-cuda-nn can back a model on ``device``: it is installed and the model is on a CUDA GPU."""
+    on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+    if not on_cuda or not torch.cuda.is_available():
+        return False
+    try:
+        import tinycudann  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _hash_implementation(choice: str, device: Optional[Union[str, torch.device]]) -> Literal["tcnn", "torch"]:
     """The hash-grid backend: ``choice`` when explicit; for ``auto`` tiny-cuda-nn when it is installed and the
     model lives on a CUDA device, torch otherwise (no warning spam)."""
     if choice in ("tcnn", "torch"):
         return choice  # type: ignore[return-value]
-    on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
-    if not on_cuda or not torch.cuda.is_available():
-        return "torch"
-    try:
-        import tinycudann  # noqa: F401
-    except ImportError:
-        return "torch"
-    return "tcnn"
+    return "tcnn" if _tcnn_usable(device) else "torch"
+
+
+def state_dict_hash_backend(keys) -> Literal["tcnn", "torch"]:
+    """The hash-grid / MLP backend a model state dict was saved from, by its key layout: tiny-cuda-nn modules
+    store their weights as ``...tcnn_encoding.params``, Nerfstudio's torch modules as ``hash_table`` and
+    ``layers.<i>.weight``. Fields without hash grids (``mlp``) count as ``torch``."""
+    return "tcnn" if any("tcnn_encoding" in k for k in keys) else "torch"
+
+
+# Nerfstudio's NeRFEncoding computes sin(2*pi * 2^k * x); the original NeRF (and nerfacc's vanilla example,
+# ``SinusoidalEncoder``) uses sin(2^k * x) on raw positions and directions, k = 0 .. L-1. Shifting Nerfstudio's
+# exponents by -log2(2*pi) gives exactly the original bands: with L = 10 the top band is 512 rad per unit,
+# instead of 2*pi * 512 (~3217) rad per unit, which no 8x256 MLP resolves on a [-1.5, 1.5] scene (aliasing, slow
+# convergence).
+_NERF_FREQ_SHIFT = -math.log2(2.0 * math.pi)
 
 
 @dataclass
@@ -171,9 +192,9 @@ class NerfaccelModelConfig(ModelConfig):
     mlp_layer_width: int = 256
     """Width of the vanilla NeRF trunk."""
     mlp_position_frequencies: int = 10
-    """Positional-encoding frequencies of positions (vanilla NeRF)."""
+    """Positional-encoding frequencies of positions (vanilla NeRF): sin/cos(2^k x), k < this, as the original."""
     mlp_direction_frequencies: int = 4
-    """Positional-encoding frequencies of directions (vanilla NeRF)."""
+    """Positional-encoding frequencies of directions (vanilla NeRF): sin/cos(2^k d), k < this."""
 
     # --- rendering and losses ---------------------------------------------------------------------------------
     background_color: Literal["random", "white", "black"] = "random"
@@ -194,6 +215,12 @@ class NerfaccelModel(Model):
 
     config: NerfaccelModelConfig
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Nerfstudio's device marker is never used in a forward; without a gradient flag DDP need not search
+        # for unused parameters on every step (see ``pipeline.needs_unused_parameter_search``).
+        self.device_indicator_param.requires_grad_(False)
+
     def populate_modules(self) -> None:
         """Builds the field, the sampler and the metrics."""
         super().populate_modules()
@@ -202,7 +229,9 @@ class NerfaccelModel(Model):
         extent = aabb[1] - aabb[0]
         if not bool((extent > 0).all()) or not bool(torch.isfinite(aabb).all()):
             raise ValueError(f"Empty or invalid scene box {aabb.tolist()}: check the dataparser's scene box options.")
-        impl = _hash_implementation(cfg.hash_implementation, self.kwargs.get("device"))
+        impl = getattr(self, "_checkpoint_hash_implementation", None)
+        if impl is None:
+            impl = _hash_implementation(cfg.hash_implementation, self.kwargs.get("device"))
         self.hash_implementation = impl
         contraction = None if cfg.contraction == "none" else AabbContraction(aabb, order=cfg.contraction)
 
@@ -226,19 +255,19 @@ class NerfaccelModel(Model):
                 implementation=impl,
             )
         elif cfg.field_type == "mlp":
-            self.field = NeRFField(
+            self.field = NeRFField(  # bands sin(2^k x) as the original NeRF, see _NERF_FREQ_SHIFT
                 position_encoding=NeRFEncoding(
                     in_dim=3,
                     num_frequencies=cfg.mlp_position_frequencies,
-                    min_freq_exp=0.0,
-                    max_freq_exp=cfg.mlp_position_frequencies - 1.0,
+                    min_freq_exp=_NERF_FREQ_SHIFT,
+                    max_freq_exp=cfg.mlp_position_frequencies - 1.0 + _NERF_FREQ_SHIFT,
                     include_input=True,
                 ),
                 direction_encoding=NeRFEncoding(
                     in_dim=3,
                     num_frequencies=cfg.mlp_direction_frequencies,
-                    min_freq_exp=0.0,
-                    max_freq_exp=cfg.mlp_direction_frequencies - 1.0,
+                    min_freq_exp=_NERF_FREQ_SHIFT,
+                    max_freq_exp=cfg.mlp_direction_frequencies - 1.0 + _NERF_FREQ_SHIFT,
                     include_input=True,
                 ),
                 base_mlp_num_layers=cfg.mlp_num_layers,
@@ -327,7 +356,27 @@ class NerfaccelModel(Model):
 
         self.psnr = PeakSignalNoiseRatio(data_range=1.0)
         self.ssim = structural_similarity_index_measure
-        self.lpips = ns_compat.make_lpips() if cfg.compute_lpips else None
+        # LPIPS is an nn.Module with AlexNet's weights, present only when they are on disk. Kept out of the
+        # module tree (a plain list), so the checkpoint's keys never depend on whether the weights were found
+        # at training time, and the same checkpoint loads strictly wherever it is evaluated.
+        self._lpips = [ns_compat.make_lpips()] if cfg.compute_lpips else [None]
+
+    @property
+    def lpips(self) -> Optional[torch.nn.Module]:
+        """LPIPS metric (``None`` without AlexNet's weights on disk); not part of the state dict."""
+        metric = self._lpips[0]
+        if metric is not None:
+            metric.to(self.device)
+        return metric
+
+    def rebuild_for_hash_implementation(self, implementation: Literal["tcnn", "torch"]) -> None:
+        """Rebuilds the field, sampler and metrics on ``implementation`` (fresh parameters), on the same device and
+        in the same train / eval mode; used to load a checkpoint of the other backend when the option is ``auto``."""
+        device, training = self.device, self.training
+        self._checkpoint_hash_implementation = implementation
+        self.populate_modules()
+        self.to(device)
+        self.train(training)
 
     @property
     def occupancy_grid(self):
@@ -371,7 +420,7 @@ class NerfaccelModel(Model):
             depth = accumulate_along_rays(
                 weights, ((t_starts + t_ends) * 0.5)[:, None], ray_indices=ray_indices, n_rays=n_rays
             )
-            num_samples = torch.bincount(ray_indices, minlength=n_rays)
+            num_samples = torch.bincount(ray_indices, minlength=n_rays).float()
             outputs: dict[str, Tensor] = {}
         else:
             ray_samples = self.sampler(ray_bundle)
@@ -382,7 +431,7 @@ class NerfaccelModel(Model):
             rgb = (weights[..., None] * fo[FieldHeadNames.RGB]).sum(dim=-2)
             acc = weights.sum(dim=-1, keepdim=True)
             depth = (weights * (t_starts + t_ends) * 0.5).sum(dim=-1, keepdim=True)
-            num_samples = torch.full((n_rays,), t_starts.shape[-1], dtype=torch.long, device=device)
+            num_samples = torch.full((n_rays,), float(t_starts.shape[-1]), device=device)
             outputs = {}
             if self.training:
                 # The proposal loss is computed here, inside forward, so that under DDP the proposal networks'
@@ -396,7 +445,8 @@ class NerfaccelModel(Model):
                 "rgb": rgb,
                 "accumulation": acc,
                 "depth": depth,
-                "num_samples_per_ray": num_samples,
+                # float (n, 1) like depth: the viewer and ns-render colormap it (integer tensors are refused)
+                "num_samples_per_ray": num_samples[:, None],
             }
         )
         if self.training:
@@ -462,7 +512,7 @@ class NerfaccelModel(Model):
             "rgb": rgb + background * (1.0 - acc),
             "accumulation": acc,
             "depth": depth[:, None] / acc.clamp(min=1e-10),
-            "num_samples_per_ray": num_samples,
+            "num_samples_per_ray": num_samples.float()[:, None],
         }
 
     def _gt(self, image: Tensor, background: Optional[Tensor]) -> Float[Tensor, "*bs 3"]:

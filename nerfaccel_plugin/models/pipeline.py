@@ -5,7 +5,7 @@ from __future__ import annotations
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -14,6 +14,53 @@ from nerfstudio.pipelines.dynamic_batch import DynamicBatchPipeline, DynamicBatc
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import ns_compat
+
+
+def set_current_cuda_device(device: Union[str, torch.device]) -> None:
+    """Makes ``device`` the current CUDA device when it names one by index (``cuda:1``).
+
+    Nerfstudio never sets the current device, and tiny-cuda-nn and ``.cuda()`` calls allocate on it, so each DDP
+    rank (``cuda:<local_rank>``) must set its own. ``eval_setup`` (``ns-eval``, ``ns-viewer``, ``ns-render``,
+    ``ns-export``) passes a bare ``torch.device("cuda")``, which ``torch.cuda.set_device`` rejects (``ValueError``);
+    there the current device is already the right one, so nothing is changed.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is not None and torch.cuda.is_available():
+        torch.cuda.set_device(dev)
+
+
+def needs_unused_parameter_search(model: Model) -> bool:
+    """Whether DDP must look for parameters without a gradient in a step (``find_unused_parameters``).
+
+    Only the proposal sampler leaves parameters out of some steps: its proposal networks run without gradients
+    on the steps the gradient schedule skips. Every occupancy-grid field uses all its parameters in each
+    training forward (``tests/test_model_parts.py`` checks it), and the search costs a graph traversal per step.
+    """
+    from .nerfaccel_model import ProposalSampler
+
+    return isinstance(getattr(model, "sampler", None), ProposalSampler)
+
+
+_BACKEND_NAMES = {"tcnn": "tiny-cuda-nn", "torch": "torch"}
+
+
+def _backend_mismatch_message(trained: str, here: str, choice: str) -> str:
+    """Why a checkpoint of the ``trained`` backend cannot load into a ``here`` model, and what to change."""
+    text = (
+        f"This checkpoint's field was trained with the {_BACKEND_NAMES[trained]} hash grid / MLPs, but this model "
+        f"uses {_BACKEND_NAMES[here]}"
+    )
+    if choice != "auto":
+        text += (
+            f" (hash_implementation: {choice} in its config). For ns-eval / ns-viewer / ns-render / ns-export set "
+            "`hash_implementation: auto` under `pipeline: model:` in the run's config.yml; when resuming, pass "
+            f"`--pipeline.model.hash-implementation {trained}` (or auto) to ns-train."
+        )
+    else:
+        text += "."
+    if trained == "tcnn":
+        text += " A tiny-cuda-nn checkpoint needs `tinycudann` installed and a CUDA GPU wherever it is loaded."
+    return text + " Train with --pipeline.model.hash-implementation torch for checkpoints that load anywhere."
 
 
 @dataclass
@@ -57,9 +104,7 @@ class NerfaccelPipeline(DynamicBatchPipeline):
     ) -> None:
         # Build everything single-process, then wrap for DDP ourselves: Nerfstudio passes GPU device ids,
         # which DDP rejects for CPU modules.
-        if torch.device(device).type == "cuda" and torch.cuda.is_available():
-            # Nerfstudio never sets the current device; tiny-cuda-nn and .cuda() calls allocate on it.
-            torch.cuda.set_device(torch.device(device))
+        set_current_cuda_device(device)
         super().__init__(config, device, test_mode, 1, local_rank, grad_scaler)
         self.world_size = world_size
         self.datamanager.world_size = world_size
@@ -74,7 +119,7 @@ class NerfaccelPipeline(DynamicBatchPipeline):
                 DDP(
                     self._model,
                     device_ids=[local_rank] if on_gpu else None,
-                    find_unused_parameters=True,
+                    find_unused_parameters=needs_unused_parameter_search(self._model),
                     broadcast_buffers=False,
                 ),
             )
@@ -84,22 +129,32 @@ class NerfaccelPipeline(DynamicBatchPipeline):
                 dist.barrier()
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: Optional[bool] = None) -> None:
-        """Nerfstudio's loading, after checking the checkpoint was trained with this model's hash-grid backend.
+        """Nerfstudio's loading, after matching the model's hash-grid backend to the checkpoint's.
 
         tiny-cuda-nn and torch fields store different parameters; Nerfstudio would fall back to a non-strict
-        load and silently keep a randomly initialised field next to a loaded grid.
+        load and silently keep a randomly initialised field next to a loaded grid. With
+        ``hash_implementation: auto`` the backend follows the checkpoint (a torch checkpoint opened on a GPU
+        machine with tiny-cuda-nn rebuilds the field on torch); an explicit choice that does not match it, or a
+        tiny-cuda-nn checkpoint where tiny-cuda-nn cannot run, stops with an explanation.
         """
+        from .nerfaccel_model import NerfaccelModel, state_dict_hash_backend
+
+        model = self.model
         model_keys = [k for k in state_dict if k.startswith("_model.")]
-        ckpt_tcnn = any("tcnn_encoding" in k for k in model_keys)
-        ours_tcnn = any("tcnn_encoding" in k for k in self.model.state_dict())
-        if model_keys and ckpt_tcnn != ours_tcnn:
-            trained, here = ("tiny-cuda-nn", "torch") if ckpt_tcnn else ("torch", "tiny-cuda-nn")
-            raise ValueError(
-                f"This checkpoint's field was trained with the {trained} hash grid / MLPs, but this model uses "
-                f"{here}. Load it where the same backend is used (tiny-cuda-nn needs `tinycudann` and a GPU), or "
-                f"set --pipeline.model.hash-implementation {'tcnn' if ckpt_tcnn else 'torch'}; train with "
-                "--pipeline.model.hash-implementation torch for checkpoints that load anywhere."
-            )
+        if model_keys and isinstance(model, NerfaccelModel):
+            trained = state_dict_hash_backend(model_keys)
+            here = state_dict_hash_backend(model.state_dict())
+            choice = model.config.hash_implementation
+            if trained != here and choice == "auto" and self.world_size == 1:
+                model.rebuild_for_hash_implementation(trained)
+                here = state_dict_hash_backend(model.state_dict())
+                if here == trained:
+                    ns_compat.CONSOLE.print(
+                        f"nerfaccel: the checkpoint was trained with the {_BACKEND_NAMES[trained]} hash grid; "
+                        "the field uses it too (hash-implementation auto)."
+                    )
+            if trained != here:
+                raise ValueError(_backend_mismatch_message(trained, here, choice))
         super().load_state_dict(state_dict, strict)
 
     def _update_dynamic_num_rays_per_batch(self, num_samples_per_batch: int) -> None:
