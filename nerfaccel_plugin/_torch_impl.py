@@ -536,12 +536,28 @@ def _contract(x: Float[Tensor, "n 3"], aabb: Float[Tensor, " 6"], ord: str) -> F
     The box is mapped linearly to ``[-1, 1]^3`` (``z = (x - center) / half_extent``); points with
     ``|z| <= 1`` stay where they are, the rest become ``(2 - 1/|z|) z/|z|`` (``|.|`` is the L2 or
     L-infinity norm), and the result ``[-2, 2]^3`` is mapped to ``[0, 1]^3`` (``y = z/4 + 1/2``).
+
+    The norm is taken of ``z`` scaled by its largest magnitude, so huge finite points do not overflow;
+    points with infinite coordinates get the limit: ``2 d/|d|`` with ``d`` the sign of the infinite
+    coordinates and 0 elsewhere (``[inf, 0, 0] -> [1, 0.5, 0.5]``), with a zero gradient there.
     """
     center = (aabb[:3] + aabb[3:]) * 0.5
     half = (aabb[3:] - aabb[:3]) * 0.5
     z = (x - center) / half
-    m = torch.clamp(_norm(z, ord), min=1.0)  # m = 1 inside: the formula reduces to the identity
-    zc = (2.0 - 1.0 / m) * z / m
+    inf_mask = torch.isinf(z)
+    has_inf = inf_mask.any(dim=-1, keepdim=True)
+    z_fin = torch.where(has_inf, torch.ones_like(z), z)  # finite stand-in for rows with an infinity (unused)
+    scale = torch.clamp(z_fin.abs().amax(dim=-1, keepdim=True), min=1.0)
+    u = z_fin / scale  # |u|_inf <= 1: its norm cannot overflow
+    nu = _norm(u, ord)
+    m = scale * nu  # |z|
+    outside = m > 1.0
+    # Outside branch on safe values only, so that the unselected branch has finite gradients too.
+    nu_safe = torch.where(outside, nu, torch.ones_like(nu))
+    m_safe = torch.where(outside, m, torch.full_like(m, 2.0))
+    zc = torch.where(outside, (2.0 - 1.0 / m_safe) * (u / nu_safe), z_fin)
+    direction = torch.where(inf_mask, torch.sign(z), torch.zeros_like(z))
+    zc = torch.where(has_inf, 2.0 * direction / _norm(direction, ord).clamp(min=1.0), zc)
     return zc * 0.25 + 0.5
 
 

@@ -52,7 +52,9 @@ def contract(
         ord: ``"l2"`` (mip-NeRF 360, a sphere) or ``"linf"`` (a cube: the whole box stays linear).
 
     Returns:
-        ``(..., 3)`` contracted points. Differentiable w.r.t. ``x``.
+        ``(..., 3)`` contracted points. Differentiable w.r.t. ``x``. Points with infinite coordinates map to
+        the limit on the cube's faces (``[inf, 0, 0]`` in a box centred at 0 gives ``[1, 0.5, 0.5]``) with a zero
+        gradient.
     """
     x = check.floating("x", x)
     check.last_dim("x", x, 3, "(..., 3)")

@@ -194,3 +194,28 @@ def test_proposal_loss_hand_value():
     loss = _pdf_loss(query, _t([[0.0, 0.1, 0.5, 1.0]]), key, _t([[0.0, 0.3, 1.0]]))
     # w = [0.1, 0.4, 0.5]; enclosing proposal mass [0, 1.0, 0.7]; loss = relu(w - w_key)^2 / (w + 1e-7)
     torch.testing.assert_close(loss, _t([[0.1**2 / (0.1 + 1e-7), 0.0, 0.0]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_contract_reference_at_infinity(dtype):
+    """Infinite coordinates give the limit of the contraction (was NaN: [inf, 0, 0] -> [nan, .5, .5]) with a
+    finite (zero) gradient; huge finite points no longer overflow the L2 norm (they gave the centre, 0.5)."""
+    from nerfaccel_plugin._torch_impl import _contract
+
+    inf = float("inf")
+    aabb = _t([-1.0, -2.0, -1.0, 3.0, 2.0, 1.0], dtype)  # centre (1, 0, 0), half extent (2, 2, 1)
+    x = _t([[inf, 0, 0], [-inf, inf, 0.5], [inf, inf, -inf], [1.0, 6e30, 4e30], [1.0, 0.0, 0.5]], dtype)
+    x.requires_grad_(True)
+    r2, r3 = 0.5 / math.sqrt(2.0), 0.5 / math.sqrt(3.0)
+    want = {
+        "l2": [[1.0, 0.5, 0.5], [0.5 - r2, 0.5 + r2, 0.5], [0.5 + r3, 0.5 + r3, 0.5 - r3], [0.5, 0.8, 0.9]],
+        "linf": [[1.0, 0.5, 0.5], [0.0, 1.0, 0.5], [1.0, 1.0, 0.0], [0.5, 0.875, 1.0]],
+    }
+    for ord_, rows in want.items():
+        y = _contract(x, aabb, ord_)
+        torch.testing.assert_close(y[:4], _t(rows, dtype))
+        torch.testing.assert_close(y[4], _t([0.5, 0.5, 0.625], dtype))  # inside: linear, (x - c) / half / 4 + 1/2
+        (g,) = torch.autograd.grad(y.sum(), x)
+        assert torch.isfinite(g).all()
+        assert (g[:3] == 0).all()
+        torch.testing.assert_close(g[4], _t([0.125, 0.125, 0.25], dtype))
