@@ -59,6 +59,19 @@ class NerfaccelTrainerConfig(TrainerConfig):
                     self.experiment_name = (data.parent if data.is_file() else data).name or "unnamed"
         super().set_experiment_name()
 
+    def save_config(self) -> None:
+        """Checks the data (folder, transforms, every image decoded, scene box) and only then writes config.yml.
+
+        ``ns-train`` saves the config before it builds the dataparser; a bad folder used to leave a half-written
+        ``outputs/...`` run behind and fail later (a bare ``FileNotFoundError``, or inside the dataloader).
+        """
+        from nerfaccel_plugin.dataparsers import validate_dataparser_inputs
+
+        datamanager = self.pipeline.datamanager
+        data = getattr(datamanager, "data", None) or self.data  # --data overrides the dataparser's, as Nerfstudio
+        validate_dataparser_inputs(datamanager.dataparser, data)
+        super().save_config()
+
     def setup(self, **kwargs):
         """The trainer; with ``hash-implementation auto`` and a checkpoint to resume from, the hash-grid backend
         follows the checkpoint, decided before the optimizers are built from the field's parameters."""

@@ -1,8 +1,8 @@
 """``nerfaccel-ngp``: real captures with a multi-level occupancy grid, cone stepping and a contracted hash grid."""
 
-from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.plugins.types import MethodSpecification
 
+from nerfaccel_plugin.dataparsers import NerfaccelNerfstudioDataParserConfig
 from nerfaccel_plugin.models import NerfaccelModelConfig
 
 from ._common import make_trainer_config
@@ -10,7 +10,7 @@ from ._common import make_trainer_config
 nerfaccel_ngp = MethodSpecification(
     config=make_trainer_config(
         method_name="nerfaccel-ngp",
-        dataparser=NerfstudioDataParserConfig(),
+        dataparser=NerfaccelNerfstudioDataParserConfig(),
         model=NerfaccelModelConfig(
             field_type="hash",
             sampler="occupancy",

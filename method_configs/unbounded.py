@@ -1,8 +1,8 @@
 """``nerfaccel-360``: unbounded 360-degree scenes with proposal networks and L2 scene contraction."""
 
-from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.plugins.types import MethodSpecification
 
+from nerfaccel_plugin.dataparsers import NerfaccelNerfstudioDataParserConfig
 from nerfaccel_plugin.models import NerfaccelModelConfig
 
 from ._common import make_trainer_config
@@ -10,7 +10,7 @@ from ._common import make_trainer_config
 nerfaccel_360 = MethodSpecification(
     config=make_trainer_config(
         method_name="nerfaccel-360",
-        dataparser=NerfstudioDataParserConfig(),
+        dataparser=NerfaccelNerfstudioDataParserConfig(),
         model=NerfaccelModelConfig(
             field_type="hash",
             sampler="proposal",

@@ -129,3 +129,202 @@ def test_cli_bad_data_writes_nothing(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "transforms_train.json" in proc.stdout + proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+# --- the image-path rule of Nerfstudio's Blender / D-NeRF parsers -------------------------------------------------
+
+
+def test_image_path_mirrors_nerfstudio(scene: Path, tmp_path: Path) -> None:
+    """The checks must look at the files Nerfstudio's parser loads: every "./" removed, ".png" always appended
+    (``r_2.png`` is read as ``r_2.png.png``). The old rule checked ``r_2.png`` and the parser then failed."""
+    from nerfstudio.data.dataparsers.blender_dataparser import Blender, BlenderDataParserConfig
+
+    from nerfaccel_plugin.dataparsers.blender import _image_path
+
+    data = copy_scene(scene, tmp_path)
+    meta = json.loads((data / "transforms_train.json").read_text())
+    source = data / "train" / "r_0.png"
+    variants = ["./train/r_0", "train/r_1", "./train/r_2.png", "./train/./r_3", "train/x./r_4"]
+    meta["frames"] = meta["frames"][: len(variants)]
+    for frame, file_path in zip(meta["frames"], variants, strict=True):
+        frame["file_path"] = file_path
+        target = data / Path(file_path.replace("./", "") + ".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            shutil.copy(source, target)
+    (data / "transforms_train.json").write_text(json.dumps(meta))
+    for split in ("val", "test"):
+        (data / f"transforms_{split}.json").unlink(missing_ok=True)
+
+    loaded = Blender(BlenderDataParserConfig(data=data))._generate_dataparser_outputs("train").image_filenames
+    assert [_image_path(data, f["file_path"]) for f in meta["frames"]] == list(loaded)
+    validate_blender_folder(data)  # passes: every file the parser loads is there
+    (data / "train" / "r_2.png.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"r_2\.png\.png"):
+        validate_blender_folder(data)
+
+
+# --- nerfstudio-data (nerfaccel-ngp, nerfaccel-360) ---------------------------------------------------------------
+
+
+def make_nerfstudio_folder(scene: Path, dst: Path) -> Path:
+    """The embedded scene as a nerfstudio-data folder (``transforms.json`` + ``images/``, as ns-process-data)."""
+    import math
+
+    meta = json.loads((scene / "transforms_train.json").read_text())
+    (dst / "images").mkdir(parents=True)
+    frames = []
+    for i, frame in enumerate(meta["frames"]):
+        shutil.copy(scene / (frame["file_path"].replace("./", "") + ".png"), dst / "images" / f"frame_{i:05d}.png")
+        frames.append({"file_path": f"images/frame_{i:05d}.png", "transform_matrix": frame["transform_matrix"]})
+    from PIL import Image
+
+    with Image.open(dst / "images" / "frame_00000.png") as img:
+        w, h = img.size
+    focal = 0.5 * w / math.tan(0.5 * float(meta["camera_angle_x"]))
+    transforms = {"fl_x": focal, "fl_y": focal, "cx": w / 2, "cy": h / 2, "w": w, "h": h, "frames": frames}
+    (dst / "transforms.json").write_text(json.dumps(transforms))
+    return dst
+
+
+def test_nerfstudio_folder_good(scene: Path, tmp_path: Path) -> None:
+    from nerfaccel_plugin.dataparsers import NerfaccelNerfstudioDataParserConfig, validate_nerfstudio_folder
+
+    data = make_nerfstudio_folder(scene, tmp_path / "capture")
+    validate_nerfstudio_folder(data)
+    validate_nerfstudio_folder(data / "transforms.json")  # the transforms file itself, as Nerfstudio accepts
+    outputs = NerfaccelNerfstudioDataParserConfig(data=data).setup().get_dataparser_outputs("train")
+    assert outputs.image_filenames and all(Path(f).is_file() for f in outputs.image_filenames)
+
+
+def test_nerfstudio_folder_without_transforms(tmp_path: Path) -> None:
+    from nerfaccel_plugin.dataparsers import NerfaccelNerfstudioDataParserConfig, validate_dataparser_inputs
+
+    (tmp_path / "nodata").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"transforms\.json.*ns-process-data"):
+        NerfaccelNerfstudioDataParserConfig(data=tmp_path / "nodata")
+    with pytest.raises(FileNotFoundError, match="does-not-exist.*--data"):
+        NerfaccelNerfstudioDataParserConfig(data=tmp_path / "does-not-exist")
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+
+    with pytest.raises(FileNotFoundError, match=r"transforms\.json"):  # Nerfstudio's own config too (subcommand)
+        validate_dataparser_inputs(NerfstudioDataParserConfig(), tmp_path / "nodata")
+
+
+def test_nerfstudio_folder_missing_or_broken_image(scene: Path, tmp_path: Path) -> None:
+    from nerfaccel_plugin.dataparsers import NerfaccelNerfstudioDataParserConfig, validate_nerfstudio_folder
+
+    data = make_nerfstudio_folder(scene, tmp_path / "capture")
+    (data / "images" / "frame_00003.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"frame_00003\.png \(frame 3 of"):
+        NerfaccelNerfstudioDataParserConfig(data=data)  # at the command line, before the dataloader
+    shutil.copy(data / "images" / "frame_00001.png", data / "images" / "frame_00003.png")
+    image = data / "images" / "frame_00002.png"
+    image.write_bytes(image.read_bytes()[:-40])
+    NerfaccelNerfstudioDataParserConfig(data=data)  # the header is fine ...
+    with pytest.raises(ValueError, match=r"frame_00002\.png.*unreadable"):
+        validate_nerfstudio_folder(data, check_images="full")  # ... the full decode is not
+
+
+def test_nerfstudio_folder_downscaled_images_are_checked(scene: Path, tmp_path: Path) -> None:
+    """With ``--downscale-factor 2`` the parser reads ``images_2/``; the checks follow it."""
+    from nerfaccel_plugin.dataparsers import NerfaccelNerfstudioDataParserConfig
+
+    data = make_nerfstudio_folder(scene, tmp_path / "capture")
+    with pytest.raises(FileNotFoundError, match=r"images_2/frame_00000\.png"):
+        NerfaccelNerfstudioDataParserConfig(data=data, downscale_factor=2)
+    shutil.copytree(data / "images", data / "images_2")
+    NerfaccelNerfstudioDataParserConfig(data=data, downscale_factor=2)
+
+
+def test_nerfstudio_bad_transforms(scene: Path, tmp_path: Path) -> None:
+    from nerfaccel_plugin.dataparsers import validate_nerfstudio_folder
+
+    data = make_nerfstudio_folder(scene, tmp_path / "capture")
+    meta = json.loads((data / "transforms.json").read_text())
+    del meta["fl_x"]
+    (data / "transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="frame 0 has no fl_x"):
+        validate_nerfstudio_folder(data)
+    (data / "transforms.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"Cannot read transforms file .*transforms\.json"):
+        validate_nerfstudio_folder(data)
+
+
+def test_nerfstudio_empty_scene_box_names_the_option(scene: Path, tmp_path: Path) -> None:
+    from nerfaccel_plugin.dataparsers import NerfaccelNerfstudioDataParserConfig
+
+    with pytest.raises(ValueError, match=r"--pipeline\.datamanager\.dataparser\.scene-scale must be > 0"):
+        NerfaccelNerfstudioDataParserConfig(scene_scale=0.0)
+
+
+def _main_without_training(config, monkeypatch) -> None:
+    """Nerfstudio's ``ns-train`` main (print, save config, launch) with the launch replaced: nothing trains."""
+    from nerfstudio.scripts import train
+
+    def launch(**_):
+        raise AssertionError("training must not start")
+
+    monkeypatch.setattr(train, "launch", launch)
+    train.main(config)
+
+
+@pytest.mark.parametrize("method", ["nerfaccel-ngp", "nerfaccel-360", "nerfaccel-lego"])
+def test_broken_image_found_before_anything_is_written(method: str, scene: Path, tmp_path, monkeypatch) -> None:
+    """A truncated image passes the quick header check at the command line; the full decode runs before
+    ``ns-train`` writes config.yml (it used to run later, in the dataparser, after the output folder existed)."""
+    from nerfaccel_plugin.method_configs import method_config
+
+    if method == "nerfaccel-lego":
+        data = copy_scene(scene, tmp_path)
+        image = data / "train" / "r_2.png"
+    else:
+        data = make_nerfstudio_folder(scene, tmp_path / "capture")
+        image = data / "images" / "frame_00002.png"
+    image.write_bytes(image.read_bytes()[:-40])
+    cfg = method_config(method, "cpu")
+    cfg.data, cfg.output_dir, cfg.vis = data, tmp_path / "out", "tensorboard"  # ns-train --data DATA
+    with pytest.raises(ValueError, match=f"{image.name}.*unreadable"):
+        _main_without_training(cfg, monkeypatch)
+    assert not (tmp_path / "out").exists()
+
+
+def test_good_data_is_checked_once(scene: Path, tmp_path, monkeypatch) -> None:
+    """The full check before config.yml is the one the parser would run: it is not repeated in-process."""
+    from nerfaccel_plugin.method_configs import method_config
+
+    from nerfaccel_plugin.dataparsers import blender, validate_dataparser_inputs
+
+    data = copy_scene(scene, tmp_path)
+    cfg = method_config("nerfaccel-lego", "cpu")
+    calls = []
+    real = blender.validate_blender_folder
+    monkeypatch.setattr(blender, "validate_blender_folder", lambda *a, **k: calls.append(a) or real(*a, **k))
+    validate_dataparser_inputs(cfg.pipeline.datamanager.dataparser, data)
+    cfg.pipeline.datamanager.dataparser.data = data
+    cfg.pipeline.datamanager.dataparser.setup().get_dataparser_outputs("train")
+    assert len(calls) == 1
+
+
+def test_cli_ngp_without_transforms_writes_nothing(tmp_path: Path) -> None:
+    """``ns-train nerfaccel-ngp --data DIR`` on a folder without transforms.json: an error naming it, no output
+    folder (Nerfstudio's ``--data`` alias bypasses the dataparser's own checks; the trainer config checks it)."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "nodata").mkdir()
+    from test_ns_methods import keep_extension_cache
+
+    env = dict(os.environ)
+    keep_extension_cache(env)
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ns-train"), "nerfaccel-ngp", "--vis", "tensorboard",
+         "--output-dir", str(tmp_path / "out"), "--data", str(tmp_path / "nodata")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "transforms.json" in text and "FileNotFoundError" in text, text[-3000:]
+    assert not (tmp_path / "out").exists()

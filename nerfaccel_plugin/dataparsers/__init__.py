@@ -1,4 +1,5 @@
-"""Dataparsers of the nerfaccel methods: Nerfstudio's Blender / D-NeRF parsers plus the embedded-scene fallback."""
+"""Dataparsers of the nerfaccel methods: Nerfstudio's Blender / D-NeRF parsers plus the embedded-scene fallback,
+Nerfstudio's nerfstudio-data parser with input checks, and the checks ``ns-train`` runs before writing anything."""
 
 from .blender import (
     NerfaccelBlenderDataParser,
@@ -7,13 +8,23 @@ from .blender import (
     NerfaccelDNeRFDataParserConfig,
     validate_blender_folder,
 )
+from .checks import validate_dataparser_inputs
+from .nerfstudio import (
+    NerfaccelNerfstudioDataParser,
+    NerfaccelNerfstudioDataParserConfig,
+    validate_nerfstudio_folder,
+)
 
 __all__ = [
     "NerfaccelBlenderDataParser",
     "NerfaccelBlenderDataParserConfig",
     "NerfaccelDNeRFDataParser",
     "NerfaccelDNeRFDataParserConfig",
+    "NerfaccelNerfstudioDataParser",
+    "NerfaccelNerfstudioDataParserConfig",
     "validate_blender_folder",
+    "validate_dataparser_inputs",
+    "validate_nerfstudio_folder",
 ]
 
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification  # noqa: E402

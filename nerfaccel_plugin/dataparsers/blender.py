@@ -23,6 +23,8 @@ from nerfstudio.data.scene_box import SceneBox
 from PIL import Image
 from rich.console import Console
 
+from .checks import checked_once
+
 CONSOLE = Console(width=120)
 
 DEFAULT_BLENDER = Path("data/blender/lego")
@@ -31,8 +33,9 @@ _DATA_OPTION = "--data"
 
 
 def _image_path(folder: Path, file_path: str) -> Path:
-    rel = Path(file_path.replace("./", "", 1) if file_path.startswith("./") else file_path)
-    return folder / (rel if rel.suffix.lower() in (".png", ".jpg", ".jpeg") else rel.with_name(rel.name + ".png"))
+    """The image file of a frame, by exactly the rule of Nerfstudio's Blender and D-NeRF parsers (which load it):
+    every ``"./"`` is removed and ``.png`` is always appended, so ``r_0.png`` means ``r_0.png.png``."""
+    return folder / Path(file_path.replace("./", "") + ".png")
 
 
 def validate_blender_folder(
@@ -88,7 +91,10 @@ def validate_blender_folder(
 
 def _check_box(bound: float) -> None:
     if not bound > 0:
-        raise ValueError(f"Empty scene box: --pipeline.datamanager.dataparser.scene-bound must be > 0, got {bound}.")
+        raise ValueError(
+            f"Empty scene box: --pipeline.datamanager.dataparser.scene-bound must be > 0, got {bound} (on the "
+            "ns-train command line: `nerfaccel-blender-data --scene-bound B` after the method's options)."
+        )
 
 
 def _resolve(
@@ -125,9 +131,10 @@ def _generate(parser, base: type, split: str) -> DataparserOutputs:
     folder = _resolve(
         cfg.data, parser._default, cfg.embedded_fallback, parser._dynamic, cfg.embedded_resolution, cfg.embedded_views
     )
-    if not getattr(parser, "_validated", False):
-        validate_blender_folder(folder, need_time=parser._dynamic)
-        parser._validated = True
+    # Fully checked once per process: ns-train already did it before writing anything (the trainer config's
+    # save_config), ns-eval / ns-viewer / ns-render do it here.
+    key = ("blender", str(folder.resolve()), parser._dynamic)
+    checked_once(key, lambda: validate_blender_folder(folder, need_time=parser._dynamic))
     parser.data = folder
     cfg.data = folder
     outputs = base._generate_dataparser_outputs(parser, split=_split_with_fallback(folder, split))
