@@ -29,7 +29,7 @@ def _ord(ord: Union[str, int, float]) -> str:
     return _ORDS[key]
 
 
-def _aabb(aabb: Union[Tensor, Sequence[float]], like: Tensor) -> Tensor:
+def _aabb(aabb: Union[Float[Tensor, " 6"], Sequence[float]], like: Tensor) -> Tensor:
     if not isinstance(aabb, Tensor):
         aabb = torch.tensor(list(aabb), dtype=like.dtype, device=like.device)
     aabb = check.floating("aabb", aabb).reshape(-1)
@@ -42,7 +42,7 @@ def _aabb(aabb: Union[Tensor, Sequence[float]], like: Tensor) -> Tensor:
 
 
 def contract(
-    x: Float[Tensor, "... 3"], aabb: Union[Tensor, Sequence[float]], ord: Union[str, int, float] = "l2"
+    x: Float[Tensor, "... 3"], aabb: Union[Float[Tensor, " 6"], Sequence[float]], ord: Union[str, int, float] = "l2"
 ) -> Float[Tensor, "... 3"]:
     """Contracts world points into ``[0, 1]^3``.
 
@@ -66,7 +66,7 @@ def contract(
 
 
 def uncontract(
-    y: Float[Tensor, "... 3"], aabb: Union[Tensor, Sequence[float]], ord: Union[str, int, float] = "l2"
+    y: Float[Tensor, "... 3"], aabb: Union[Float[Tensor, " 6"], Sequence[float]], ord: Union[str, int, float] = "l2"
 ) -> Float[Tensor, "... 3"]:
     """Inverse of :func:`contract`. Points on the cube's outer faces map to a large finite distance.
 

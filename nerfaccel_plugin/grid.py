@@ -6,7 +6,7 @@ import math
 from typing import Optional
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from . import _validation as check
@@ -97,10 +97,25 @@ def traverse_grids_samples(
     far_planes: Optional[Float[Tensor, " n_rays"]] = None,
     step_size: float = 1e-3,
     cone_angle: float = 0.0,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Int[Tensor, " n_samples"], Float[Tensor, " n_samples"], Float[Tensor, " n_samples"]]:
     """Like :func:`traverse_grids` but returns the flat ``(ray_indices, t_starts, t_ends)`` directly.
 
-    This skips building :class:`RayIntervals` and is what :class:`OccGridEstimator` uses.
+    This skips building :class:`RayIntervals` and is what :class:`OccGridEstimator` uses. Same marching
+    rule as :func:`traverse_grids`. Not differentiable.
+
+    Args:
+        rays_o: ``(n_rays, 3)`` ray origins.
+        rays_d: ``(n_rays, 3)`` normalized ray directions.
+        binaries: ``(m, resx, resy, resz)`` bool occupancy of each grid level.
+        aabbs: ``(m, 6)`` box of each level ``{xmin, ymin, zmin, xmax, ymax, zmax}``.
+        near_planes: ``(n_rays,)`` where marching starts; default 0.
+        far_planes: ``(n_rays,)`` where marching ends; default infinity.
+        step_size: Marching step (> 0).
+        cone_angle: Steps grow as ``cone_angle * t`` once that exceeds ``step_size``; 0 for constant steps.
+
+    Returns:
+        ``(ray_indices, t_starts, t_ends)`` of the kept samples, each ``(n_samples,)``, sorted by ray then ``t``
+        (int64 ray indices; distances in the dtype of ``rays_o``, float32 for half precision).
     """
     rays_o, rays_d = check.rays(rays_o, rays_d)
     binaries = check.tensor("binaries", binaries)

@@ -113,7 +113,7 @@ def searchsorted(
 def importance_sampling(
     intervals: RayIntervals,
     cdfs: Float[Tensor, "..."],
-    n_intervals_per_ray: Union[Tensor, int],
+    n_intervals_per_ray: Union[Int[Tensor, " n_rays"], int],
     stratified: bool = False,
 ) -> tuple[RayIntervals, RaySamples]:
     """Inverse-transform sampling of new intervals from CDFs given at interval edges.

@@ -46,17 +46,19 @@ def _run(op: str, inputs: Tensor, packed_info: Tensor) -> Tensor:
 def inclusive_sum(
     inputs: Float[Tensor, "..."],
     packed_info: Optional[Int[Tensor, "n_rays 2"]] = None,
-    indices: Optional[Tensor] = None,
+    indices: Optional[Int[Tensor, " all_samples"]] = None,
 ) -> Float[Tensor, "..."]:
     """Inclusive sum along the last dimension, or within each ray of a flattened tensor.
 
     Args:
-        inputs: A batched tensor (sum over the last dimension) or a flattened ``(all_samples,)`` tensor.
-        packed_info: ``(n_rays, 2)`` ``(start, count)`` chunks of flattened ``inputs``.
+        inputs: A batched tensor ``(..., n)`` (scanned along the last dimension) or a flattened
+            ``(all_samples,)`` tensor with ``packed_info`` or ``indices``.
+        packed_info: ``(n_rays, 2)`` int ``(start, count)`` chunks of flattened ``inputs``.
         indices: Alternatively, ``(all_samples,)`` sorted ray index of each element.
 
     Returns:
-        Tensor with the shape of ``inputs`` (float16/bfloat16 inputs give float32).
+        Tensor with the shape of ``inputs`` (float16/bfloat16 inputs give float32); differentiable
+        w.r.t. ``inputs``.
 
     Example:
         >>> inclusive_sum(torch.tensor([1., 2, 3, 4, 5, 6, 7, 8, 9]), torch.tensor([[0, 2], [2, 3], [5, 4]]))
@@ -71,9 +73,20 @@ def inclusive_sum(
 def exclusive_sum(
     inputs: Float[Tensor, "..."],
     packed_info: Optional[Int[Tensor, "n_rays 2"]] = None,
-    indices: Optional[Tensor] = None,
+    indices: Optional[Int[Tensor, " all_samples"]] = None,
 ) -> Float[Tensor, "..."]:
-    """Exclusive sum (the first element of each ray is 0). Arguments as :func:`inclusive_sum`.
+    """Exclusive sum along the last dimension, or within each ray of a flattened tensor: element ``i`` is the sum
+    of the elements before it in its ray (0 for the first).
+
+    Args:
+        inputs: A batched tensor ``(..., n)`` (scanned along the last dimension) or a flattened
+            ``(all_samples,)`` tensor with ``packed_info`` or ``indices``.
+        packed_info: ``(n_rays, 2)`` int ``(start, count)`` chunks of flattened ``inputs``.
+        indices: Alternatively, ``(all_samples,)`` sorted ray index of each element.
+
+    Returns:
+        Tensor with the shape of ``inputs`` (float16/bfloat16 inputs give float32); differentiable
+        w.r.t. ``inputs``.
 
     Example:
         >>> exclusive_sum(torch.tensor([1., 2, 3, 4, 5, 6, 7, 8, 9]), torch.tensor([[0, 2], [2, 3], [5, 4]]))
@@ -88,9 +101,19 @@ def exclusive_sum(
 def inclusive_prod(
     inputs: Float[Tensor, "..."],
     packed_info: Optional[Int[Tensor, "n_rays 2"]] = None,
-    indices: Optional[Tensor] = None,
+    indices: Optional[Int[Tensor, " all_samples"]] = None,
 ) -> Float[Tensor, "..."]:
-    """Inclusive product. Arguments as :func:`inclusive_sum`.
+    """Inclusive product along the last dimension, or within each ray of a flattened tensor.
+
+    Args:
+        inputs: A batched tensor ``(..., n)`` (scanned along the last dimension) or a flattened
+            ``(all_samples,)`` tensor with ``packed_info`` or ``indices``.
+        packed_info: ``(n_rays, 2)`` int ``(start, count)`` chunks of flattened ``inputs``.
+        indices: Alternatively, ``(all_samples,)`` sorted ray index of each element.
+
+    Returns:
+        Tensor with the shape of ``inputs`` (float16/bfloat16 inputs give float32); differentiable
+        w.r.t. ``inputs``.
 
     Example:
         >>> inclusive_prod(torch.tensor([1., 2, 3, 4, 5, 6, 7, 8, 9]), torch.tensor([[0, 2], [2, 3], [5, 4]]))
@@ -105,12 +128,23 @@ def inclusive_prod(
 def exclusive_prod(
     inputs: Float[Tensor, "..."],
     packed_info: Optional[Int[Tensor, "n_rays 2"]] = None,
-    indices: Optional[Tensor] = None,
+    indices: Optional[Int[Tensor, " all_samples"]] = None,
 ) -> Float[Tensor, "..."]:
-    """Exclusive product (the first element of each ray is 1). Arguments as :func:`inclusive_sum`.
+    """Exclusive product along the last dimension, or within each ray of a flattened tensor: element ``i`` is the
+    product of the elements before it in its ray (1 for the first).
 
     Unlike nerfacc 0.5, the gradient is exact when ``inputs`` contains zeros (nerfacc divides by the
     input in its backward pass and returns wrong values there).
+
+    Args:
+        inputs: A batched tensor ``(..., n)`` (scanned along the last dimension) or a flattened
+            ``(all_samples,)`` tensor with ``packed_info`` or ``indices``.
+        packed_info: ``(n_rays, 2)`` int ``(start, count)`` chunks of flattened ``inputs``.
+        indices: Alternatively, ``(all_samples,)`` sorted ray index of each element.
+
+    Returns:
+        Tensor with the shape of ``inputs`` (float16/bfloat16 inputs give float32); differentiable
+        w.r.t. ``inputs``.
 
     Example:
         >>> exclusive_prod(torch.tensor([1., 2, 3, 4, 5, 6, 7, 8, 9]), torch.tensor([[0, 2], [2, 3], [5, 4]]))

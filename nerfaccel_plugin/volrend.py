@@ -351,7 +351,7 @@ def rendering(
     rgb_sigma_fn: Optional[Callable] = None,
     rgb_alpha_fn: Optional[Callable] = None,
     render_bkgd: Optional[Float[Tensor, " 3"]] = None,
-) -> tuple[Float[Tensor, "... 3"], Float[Tensor, "... 1"], Float[Tensor, "... 1"], dict[str, Tensor]]:
+) -> tuple[Float[Tensor, "... 3"], Float[Tensor, "... 1"], Float[Tensor, "... 1"], dict[str, Float[Tensor, "..."]]]:
     """Renders rays through a radiance field given as ``rgb_sigma_fn`` or ``rgb_alpha_fn``.
 
     Args:

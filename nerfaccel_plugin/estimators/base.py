@@ -17,10 +17,33 @@ class AbstractEstimator(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """The device of the estimator's buffers (follows ``.to()`` / ``.cuda()``).
+
+        Returns:
+            The device.
+        """
         return self._dummy.device
 
     def sampling(self, *args: Any, **kwargs: Any) -> Any:
+        """Proposes samples along rays; implemented by subclasses.
+
+        Args:
+            *args: Subclass-specific.
+            **kwargs: Subclass-specific.
+
+        Returns:
+            Subclass-specific samples.
+        """
         raise NotImplementedError
 
     def update_every_n_steps(self, *args: Any, **kwargs: Any) -> Any:
+        """Updates the estimator during training; implemented by subclasses.
+
+        Args:
+            *args: Subclass-specific.
+            **kwargs: Subclass-specific.
+
+        Returns:
+            Subclass-specific.
+        """
         raise NotImplementedError

@@ -100,7 +100,7 @@ class PropNetEstimator(AbstractEstimator):
         return t_vals[..., :-1], t_vals[..., 1:]
 
     @torch.enable_grad()
-    def compute_loss(self, trans: Float[Tensor, "n_rays num_samples"], loss_scaler: float = 1.0) -> Tensor:
+    def compute_loss(self, trans: Float[Tensor, "n_rays num_samples"], loss_scaler: float = 1.0) -> Float[Tensor, ""]:
         """Proposal loss: each proposal histogram must bound the final weights from above.
 
         Args:
@@ -126,8 +126,19 @@ class PropNetEstimator(AbstractEstimator):
     ) -> float:
         """Takes one optimizer step on the proposal loss when ``requires_grad``; else steps the scheduler.
 
+        Args:
+            trans: ``(n_rays, num_samples)`` transmittance of the final samples (from the radiance field), for
+                :meth:`compute_loss`.
+            requires_grad: Whether to update the proposal networks now: pass the value given to the
+                :meth:`sampling` call whose samples ``trans`` belongs to (e.g. from
+                :func:`get_proposal_requires_grad_fn`).
+            loss_scaler: Multiplier of the loss.
+
         Returns:
             The proposal loss as a float (0.0 when no update happened).
+
+        Raises:
+            RuntimeError: ``requires_grad`` without cached proposal outputs or without an ``optimizer``.
         """
         if requires_grad:
             return self._update(trans=trans, loss_scaler=loss_scaler)
@@ -154,6 +165,10 @@ def get_proposal_requires_grad_fn(target: float = 5.0, num_steps: int = 1000) ->
     """Schedule of when to train the proposal networks: every step at first, then every ``target`` steps.
 
     The gap between gradient steps grows linearly from 0 to ``target`` over ``num_steps`` steps.
+
+    Args:
+        target: Final number of steps between two proposal-network updates.
+        num_steps: Training steps over which the gap grows to ``target``.
 
     Returns:
         ``fn(step) -> bool`` (stateful: call it once per training step).
