@@ -12,7 +12,7 @@
 #include "nerfaccel/math.h"
 #include "nerfaccel/ops.h"
 
-namespace nerfaccel {
+NA_NAMESPACE_BEGIN
 
 namespace {
 
@@ -605,4 +605,4 @@ Tensors2 hash_encode_bwd(const Tensor& grad_out, const Tensor& x, const Tensor& 
   return {g_table, g_x};
 }
 
-}  // namespace nerfaccel
+NA_NAMESPACE_END

@@ -13,7 +13,11 @@
 #include "nerfaccel/math.h"
 #include "nerfaccel/ops.h"
 
-namespace nerfaccel {
+#if !defined(NERFACCEL_WITH_CUDA)
+#error "the CUDA build must define NERFACCEL_WITH_CUDA (every translation unit: it selects the build's namespace)"
+#endif
+
+NA_NAMESPACE_BEGIN
 
 namespace {
 
@@ -604,4 +608,4 @@ Tensor grid_ema_update(const Tensor& occs, const Tensor& cell_ids, const Tensor&
   return out;
 }
 
-}  // namespace nerfaccel
+NA_NAMESPACE_END

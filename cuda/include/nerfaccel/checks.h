@@ -3,9 +3,14 @@
 
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <string>
+#include <utility>
+#include <vector>
 
-namespace nerfaccel {
+#include "common.h"
+
+NA_NAMESPACE_BEGIN
 
 inline void check_tensor(const at::Tensor& t, const char* name, const at::Device& device) {
   TORCH_CHECK_VALUE(t.defined(), "nerfaccel: `", name, "` is undefined");
@@ -64,4 +69,4 @@ inline void check_flat(const at::Tensor& t, const char* name, int64_t n) {
                     t.sizes());
 }
 
-}  // namespace nerfaccel
+NA_NAMESPACE_END

@@ -27,7 +27,24 @@ __attribute__((simd("notinbranch"))) double exp(double) noexcept;
 }
 #endif
 
-namespace nerfaccel {
+// Each extension's code lives in its own inline namespace, nerfaccel::cpu_build or nerfaccel::cuda_build. The two
+// builds compile the same sources, so without it they would define the same C++ symbols (the entry points, and the
+// header functions, which are weak): loaded together with RTLD_GLOBAL, one extension's calls could bind to the
+// other's definitions. Inline, so the code still says nerfaccel::f. Every header and source opens it through
+// NA_NAMESPACE_BEGIN / NA_NAMESPACE_END.
+#if defined(NERFACCEL_WITH_CUDA)
+#define NA_BUILD_NS cuda_build
+#else
+#define NA_BUILD_NS cpu_build
+#endif
+#define NA_NAMESPACE_BEGIN \
+  namespace nerfaccel {    \
+  inline namespace NA_BUILD_NS {
+#define NA_NAMESPACE_END \
+  }                      \
+  }
+
+NA_NAMESPACE_BEGIN
 
 // 64-bit indices everywhere a count of samples can exceed 2^31.
 using index_t = int64_t;
@@ -53,4 +70,4 @@ NA_HD double na_sqrt(double x) { return sqrt(x); }
 NA_HD float na_abs(float x) { return fabsf(x); }
 NA_HD double na_abs(double x) { return fabs(x); }
 
-}  // namespace nerfaccel
+NA_NAMESPACE_END

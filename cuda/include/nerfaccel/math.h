@@ -8,7 +8,7 @@
 
 #include "common.h"
 
-namespace nerfaccel {
+NA_NAMESPACE_BEGIN
 
 // ---------------------------------------------------------------------------------------------
 // Ray / box geometry
@@ -602,4 +602,4 @@ NA_HD void hash_encode_bwd_x_level(const T* x, T scale, const T* table, int64_t 
   }
 }
 
-}  // namespace nerfaccel
+NA_NAMESPACE_END

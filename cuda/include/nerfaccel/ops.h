@@ -15,7 +15,7 @@
 
 #include "checks.h"
 
-namespace nerfaccel {
+NA_NAMESPACE_BEGIN
 
 using at::Tensor;
 using Tensors2 = std::tuple<Tensor, Tensor>;
@@ -158,4 +158,4 @@ inline void check_hash(const Tensor& x, const Tensor& table, const Tensor& scale
                     scales.size(0) * table_size, ", F], got ", table.sizes());
 }
 
-}  // namespace nerfaccel
+NA_NAMESPACE_END
