@@ -343,18 +343,21 @@ Tensor accumulate_fwd(const Tensor& weights, const std::optional<Tensor>& values
   }
   TORCH_CHECK_VALUE(bad < 0, "nerfaccel: ray_indices[", bad, "] = ", bad >= 0 ? ri[bad] : 0,
                     " is outside [0, n_rays = ", n_rays, ")");
-  if (dim == 0) return out;  // (a [n, 0] values tensor has no data pointer)
+  if (dim == 0 || n == 0) return out;  // (a [n, 0] values tensor has no data pointer)
+  // Sums in double (acc_t), rounded to the input type once at the end; exact products of float32 inputs.
+  auto acc = weights.scalar_type() == at::kDouble ? out : at::zeros({n_rays, dim}, out.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), "accumulate_fwd", [&] {
+    using A = acc_t<scalar_t>;
     const scalar_t* w = weights.data_ptr<scalar_t>();
     const scalar_t* v = values.has_value() ? values->data_ptr<scalar_t>() : nullptr;
-    scalar_t* o = out.data_ptr<scalar_t>();
+    A* o = acc.data_ptr<A>();
     auto add_range = [&](int64_t lo, int64_t hi) {  // samples [lo, hi) in order
       for (int64_t i = lo; i < hi; ++i) {
         const int64_t r = ri[i];
         if (v == nullptr) {
-          o[r] += w[i];
+          o[r] += A(w[i]);
         } else {
-          for (int64_t c = 0; c < dim; ++c) o[r * dim + c] += w[i] * v[i * dim + c];
+          for (int64_t c = 0; c < dim; ++c) o[r * dim + c] += A(w[i]) * A(v[i * dim + c]);
         }
       }
     };
@@ -376,6 +379,7 @@ Tensor accumulate_fwd(const Tensor& weights, const std::optional<Tensor>& values
       add_range(start[k], hi);
     });
   });
+  if (!acc.is_same(out)) out.copy_(acc);
   return out;
 }
 

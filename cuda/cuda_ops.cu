@@ -9,6 +9,7 @@
 #include <torch/extension.h>
 
 #include <string>
+#include <type_traits>
 
 #include "nerfaccel/math.h"
 #include "nerfaccel/ops.h"
@@ -154,17 +155,19 @@ __global__ void alpha_bwd_kernel(const T* gw, const T* gt, const T* a, const T* 
   NA_GRID_LOOP(r, n_rays) { render_alpha_bwd_ray(gw, gt, a, tr, ga, pi[2 * r], pi[2 * r + 1]); }
 }
 
-// Unsorted ray indices: one thread per sample, atomics (the order of the sums is not deterministic).
+// Unsorted ray indices: one thread per sample, double atomics into an acc_t buffer (the order of the sums is not
+// deterministic; the buffer is rounded to the input type afterwards).
 template <typename T>
 __global__ void accumulate_fwd_kernel(const T* w, const T* v, const int64_t* ri, int64_t n, int64_t dim,
-                                      int64_t n_rays, T* out) {
+                                      int64_t n_rays, acc_t<T>* out) {
+  using A = acc_t<T>;
   NA_GRID_LOOP(i, n) {
     const int64_t r = ri[i];
     if (r < 0 || r >= n_rays) continue;  // checked on the host before the launch
     if (v == nullptr) {
-      atomicAdd(out + r, w[i]);
+      atomicAdd(out + r, A(w[i]));
     } else {
-      for (int64_t c = 0; c < dim; ++c) atomicAdd(out + r * dim + c, w[i] * v[i * dim + c]);
+      for (int64_t c = 0; c < dim; ++c) atomicAdd(out + r * dim + c, A(w[i]) * A(v[i * dim + c]));
     }
   }
 }
@@ -175,15 +178,16 @@ __global__ void accumulate_fwd_kernel(const T* w, const T* v, const int64_t* ri,
 template <typename T>
 __global__ void accumulate_sorted_kernel(const T* w, const T* v, const int64_t* bounds, int64_t n_rays, int64_t dim,
                                          T* out) {
+  using A = acc_t<T>;
   NA_GRID_LOOP(j, n_rays * dim) {
     const index_t r = j / dim, c = j % dim;
-    T acc = T(0);
+    A acc = 0;
     if (v == nullptr) {
-      for (int64_t i = bounds[r]; i < bounds[r + 1]; ++i) acc += w[i];
+      for (int64_t i = bounds[r]; i < bounds[r + 1]; ++i) acc += A(w[i]);
     } else {
-      for (int64_t i = bounds[r]; i < bounds[r + 1]; ++i) acc += w[i] * v[i * dim + c];
+      for (int64_t i = bounds[r]; i < bounds[r + 1]; ++i) acc += A(w[i]) * A(v[i * dim + c]);
     }
-    out[j] = acc;
+    out[j] = static_cast<T>(acc);
   }
 }
 
@@ -472,8 +476,11 @@ Tensor accumulate_fwd(const Tensor& weights, const std::optional<Tensor>& values
                 out.data_ptr<scalar_t>());
     } else {
       at::globalContext().alertNotDeterministic("nerfaccel::accumulate_along_rays with unsorted ray_indices on CUDA");
+      using A = acc_t<scalar_t>;
+      auto acc = std::is_same<A, scalar_t>::value ? out : at::zeros({n_rays, dim}, out.options().dtype(at::kDouble));
       NA_LAUNCH(accumulate_fwd_kernel<scalar_t>, n, w, v, ray_indices.data_ptr<int64_t>(), n, dim, n_rays,
-                out.data_ptr<scalar_t>());
+                acc.data_ptr<A>());
+      if (!acc.is_same(out)) out.copy_(acc);
     }
   });
   return out;

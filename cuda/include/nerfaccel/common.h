@@ -49,6 +49,16 @@ NA_NAMESPACE_BEGIN
 // 64-bit indices everywhere a count of samples can exceed 2^31.
 using index_t = int64_t;
 
+// Accumulator of every running sum and product along a ray (scans, optical depth, transmittance, gradient suffixes,
+// accumulation): double for float32 and float64 inputs, on the host and the device. A float32 running sum drifts
+// with the length of the ray (~1e-2 after 2e5 samples); per-sample values and outputs stay in the input type.
+template <typename T>
+struct AccType {
+  using type = double;
+};
+template <typename T>
+using acc_t = typename AccType<T>::type;
+
 template <typename T>
 NA_HD T na_min(T a, T b) { return b < a ? b : a; }
 template <typename T>

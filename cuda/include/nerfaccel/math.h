@@ -3,7 +3,8 @@
 // Each function handles one ray (a packed chunk `[start, start + count)` of a flat tensor) or one
 // sample/point. The CPU extension calls them from OpenMP loops over rays; the CUDA extension calls
 // them from one thread per ray (or per element). Semantics follow the pure-PyTorch reference in
-// nerfaccel_plugin/_torch_impl.py, which is the source of truth.
+// nerfaccel_plugin/_torch_impl.py, which is the source of truth. Running sums and products along a ray
+// are kept in acc_t (double, common.h); per-sample values and outputs in the input type T.
 #pragma once
 
 #include "common.h"
@@ -166,14 +167,14 @@ NA_HD int64_t traverse_ray(const double* o, const double* d, double near, double
 // ---------------------------------------------------------------------------------------------
 template <typename T>
 NA_HD void scan_sum_fwd(const T* x, T* y, index_t s, index_t n, bool exclusive) {
-  T acc = T(0);
+  acc_t<T> acc = 0;
   for (index_t i = s; i < s + n; ++i) {
     if (exclusive) {
-      y[i] = acc;
+      y[i] = static_cast<T>(acc);
       acc += x[i];
     } else {
       acc += x[i];
-      y[i] = acc;
+      y[i] = static_cast<T>(acc);
     }
   }
 }
@@ -181,28 +182,28 @@ NA_HD void scan_sum_fwd(const T* x, T* y, index_t s, index_t n, bool exclusive) 
 // d/dx of sum_i g_i y_i: a reverse cumulative sum of g (shifted by one when exclusive).
 template <typename T>
 NA_HD void scan_sum_bwd(const T* g, T* gx, index_t s, index_t n, bool exclusive) {
-  T acc = T(0);
+  acc_t<T> acc = 0;
   for (index_t i = s + n - 1; i >= s; --i) {
     if (exclusive) {
-      gx[i] = acc;
+      gx[i] = static_cast<T>(acc);
       acc += g[i];
     } else {
       acc += g[i];
-      gx[i] = acc;
+      gx[i] = static_cast<T>(acc);
     }
   }
 }
 
 template <typename T>
 NA_HD void scan_prod_fwd(const T* x, T* y, index_t s, index_t n, bool exclusive) {
-  T acc = T(1);
+  acc_t<T> acc = 1;
   for (index_t i = s; i < s + n; ++i) {
     if (exclusive) {
-      y[i] = acc;
+      y[i] = static_cast<T>(acc);
       acc *= x[i];
     } else {
       acc *= x[i];
-      y[i] = acc;
+      y[i] = static_cast<T>(acc);
     }
   }
 }
@@ -214,16 +215,17 @@ NA_HD void scan_prod_fwd(const T* x, T* y, index_t s, index_t n, bool exclusive)
 // y holds the forward output: P_i = y_i (exclusive) or y_{i-1} (inclusive, 1 for the first).
 template <typename T>
 NA_HD void scan_prod_bwd(const T* g, const T* x, const T* y, T* gx, index_t s, index_t n, bool exclusive) {
-  T e = T(0);  // E_{i+1} on entry to iteration i
+  using A = acc_t<T>;
+  A e = 0;  // E_{i+1} on entry to iteration i
   for (index_t i = s + n - 1; i >= s; --i) {
     const bool has_next = i + 1 < s + n;
     if (exclusive) {
-      e = has_next ? g[i + 1] + x[i + 1] * e : T(0);
+      e = has_next ? A(g[i + 1]) + A(x[i + 1]) * e : A(0);
     } else {
-      e = has_next ? g[i] + x[i + 1] * e : g[i];
+      e = has_next ? A(g[i]) + A(x[i + 1]) * e : A(g[i]);
     }
-    const T p = exclusive ? y[i] : (i > s ? y[i - 1] : T(1));
-    gx[i] = p * e;
+    const A p = exclusive ? A(y[i]) : (i > s ? A(y[i - 1]) : A(1));
+    gx[i] = static_cast<T>(p * e);
   }
 }
 
@@ -254,11 +256,11 @@ NA_HD T trans_from_depth(T depth) {
 template <typename T>
 NA_HD void render_density_fwd_ray(const T* t0, const T* t1, const T* sigma, T* alpha, T* w, T* trans, index_t s,
                                   index_t n) {
-  T acc = T(0);
+  acc_t<T> acc = 0;  // optical depth D_i; its exponential is taken in T
   for (index_t i = s; i < s + n; ++i) {
     const T tau = density_tau(t0[i], t1[i], sigma[i]);
     const T a = alpha_from_tau(tau);
-    const T tr = trans_from_depth(acc);
+    const T tr = trans_from_depth(static_cast<T>(acc));
     alpha[i] = a;
     trans[i] = tr;
     w[i] = tr * a;
@@ -267,16 +269,17 @@ NA_HD void render_density_fwd_ray(const T* t0, const T* t1, const T* sigma, T* a
 }
 
 // The same forward in two passes: a sequential pass keeps the running optical depth (tau and D are parked in
-// the alpha and trans outputs), then a pass without dependences between samples evaluates the exponentials,
-// which the CPU build vectorises (NA_SIMD). Same operations in the same order as the fused loop.
+// the alpha and trans outputs, D rounded to T as the fused loop rounds it before its exponential), then a pass
+// without dependences between samples evaluates the exponentials, which the CPU build vectorises (NA_SIMD). Same
+// operations in the same order as the fused loop.
 template <typename T>
 NA_HD void render_density_fwd_ray_2pass(const T* t0, const T* t1, const T* sigma, T* alpha, T* w, T* trans,
                                         index_t s, index_t n) {
-  T acc = T(0);
+  acc_t<T> acc = 0;
   for (index_t i = s; i < s + n; ++i) {
     const T tau = density_tau(t0[i], t1[i], sigma[i]);
     alpha[i] = tau;
-    trans[i] = acc;
+    trans[i] = static_cast<T>(acc);
     acc += tau;
   }
   NA_SIMD
@@ -290,21 +293,24 @@ NA_HD void render_density_fwd_ray_2pass(const T* t0, const T* t1, const T* sigma
 }
 
 // Backward from densities: d tau_i = (g_a_i + g_w_i T_i) exp(-tau_i) - sum_{j>i} (g_T_j + g_w_j a_j) T_j,
-// then d sigma_i = d tau_i dt_i, d t1_i = -d t0_i = d tau_i sigma_i.
+// then d sigma_i = d tau_i dt_i, d t1_i = -d t0_i = d tau_i sigma_i. The suffix sum and d tau_i are computed in
+// acc_t (d tau_i is the small difference of two large terms on long rays).
 template <typename T>
-NA_HD T density_bwd_dtau(T ga, T gw, T trans, T decay, T suffix) {
-  return (ga + gw * trans) * decay - suffix;
+NA_HD T density_bwd_dtau(T ga, T gw, T trans, T decay, acc_t<T> suffix) {
+  using A = acc_t<T>;
+  return static_cast<T>((A(ga) + A(gw) * A(trans)) * A(decay) - suffix);
 }
 template <typename T>
-NA_HD T density_bwd_suffix_term(T gt, T gw, T alpha, T trans) {
-  return (gt + gw * alpha) * trans;
+NA_HD acc_t<T> density_bwd_suffix_term(T gt, T gw, T alpha, T trans) {
+  using A = acc_t<T>;
+  return (A(gt) + A(gw) * A(alpha)) * A(trans);
 }
 
 template <typename T>
 NA_HD void render_density_bwd_ray(const T* gw, const T* gt, const T* ga, const T* t0, const T* t1, const T* sigma,
                                   const T* trans, const T* alpha, T* g_t0, T* g_t1, T* g_sigma, index_t s,
                                   index_t n) {
-  T suffix = T(0);
+  acc_t<T> suffix = 0;
   for (index_t i = s + n - 1; i >= s; --i) {
     const T dt = t1[i] - t0[i];
     const T dtau = density_bwd_dtau(ga[i], gw[i], trans[i], na_exp(-density_tau(t0[i], t1[i], sigma[i])), suffix);
@@ -323,7 +329,7 @@ NA_HD void render_density_bwd_ray_2pass(const T* gw, const T* gt, const T* ga, c
                                         T* g_sigma, index_t s, index_t n) {
   NA_SIMD
   for (index_t i = s; i < s + n; ++i) g_sigma[i] = na_exp(-density_tau(t0[i], t1[i], sigma[i]));
-  T suffix = T(0);
+  acc_t<T> suffix = 0;
   for (index_t i = s + n - 1; i >= s; --i) {
     const T dt = t1[i] - t0[i];
     const T dtau = density_bwd_dtau(ga[i], gw[i], trans[i], g_sigma[i], suffix);
@@ -348,11 +354,13 @@ NA_HD void render_density_bwd_elem(const T* ga, const T* t0, const T* t1, const 
 // Forward from opacities: T_i = prod_{j<i} (1 - alpha_j), w_i = T_i * alpha_i.
 template <typename T>
 NA_HD void render_alpha_fwd_ray(const T* alpha, T* w, T* trans, index_t s, index_t n) {
-  T acc = T(1);
+  using A = acc_t<T>;
+  A acc = 1;  // (1 - alpha) is formed in acc_t too: in float32 it would lose the low bits of small opacities
   for (index_t i = s; i < s + n; ++i) {
-    trans[i] = acc;
-    w[i] = acc * alpha[i];
-    acc *= (T(1) - alpha[i]);
+    const T tr = static_cast<T>(acc);
+    trans[i] = tr;
+    w[i] = tr * alpha[i];
+    acc *= (A(1) - A(alpha[i]));
   }
 }
 
@@ -361,10 +369,11 @@ NA_HD void render_alpha_fwd_ray(const T* alpha, T* w, T* trans, index_t s, index
 template <typename T>
 NA_HD void render_alpha_bwd_ray(const T* gw, const T* gt, const T* alpha, const T* trans, T* g_alpha, index_t s,
                                 index_t n) {
-  T e = T(0);
+  using A = acc_t<T>;
+  A e = 0;
   for (index_t i = s + n - 1; i >= s; --i) {
-    g_alpha[i] = gw[i] * trans[i] - trans[i] * e;
-    e = (gt[i] + gw[i] * alpha[i]) + (T(1) - alpha[i]) * e;
+    g_alpha[i] = static_cast<T>(A(gw[i]) * A(trans[i]) - A(trans[i]) * e);
+    e = (A(gt[i]) + A(gw[i]) * A(alpha[i])) + (A(1) - A(alpha[i])) * e;
   }
 }
 
@@ -523,12 +532,12 @@ NA_HD void accumulate_bwd_elem(const T* go, const T* w, const T* v, const int64_
     gw[i] = go[r];
     return;
   }
-  T acc = T(0);
+  acc_t<T> acc = 0;
   for (int64_t c = 0; c < dim; ++c) {
-    acc += go[r * dim + c] * v[i * dim + c];
+    acc += acc_t<T>(go[r * dim + c]) * acc_t<T>(v[i * dim + c]);
     gv[i * dim + c] = go[r * dim + c] * w[i];
   }
-  gw[i] = acc;
+  gw[i] = static_cast<T>(acc);
 }
 
 // ---------------------------------------------------------------------------------------------
