@@ -41,11 +41,19 @@ void parallel_blocks(int64_t n_blocks, bool parallel, F fn) {
   for (int64_t b = 0; b < n_blocks; ++b) fn(b);
 }
 
-// Whether the (non-overlapping) chunks cover all n elements.
+// Whether the chunks tile [0, n): the non-empty ones in order, each starting where the previous one ended (empty
+// chunks may start anywhere). Then every element belongs to a chunk and the pass over all elements can be skipped.
+// (Counts summing to n are not enough: [[0, 2], [0, 2]] with n = 4 leaves elements 2 and 3 in no chunk; such
+// overlapping chunks are rejected by check_packed_ranges anyway. Chunks out of order fall back to the element pass.)
 bool covers_all(const int64_t* pi, int64_t n_rays, int64_t n) {
-  int64_t total = 0;
-  for (int64_t r = 0; r < n_rays; ++r) total += pi[2 * r + 1];
-  return total == n;
+  int64_t next = 0;
+  for (int64_t r = 0; r < n_rays; ++r) {
+    const int64_t start = pi[2 * r], count = pi[2 * r + 1];
+    if (count == 0) continue;
+    if (start != next) return false;
+    next += count;
+  }
+  return next == n;
 }
 
 }  // namespace
@@ -385,9 +393,8 @@ Tensor accumulate_fwd(const Tensor& weights, const std::optional<Tensor>& values
 
 Tensors2 accumulate_bwd(const Tensor& grad_out, const Tensor& weights, const std::optional<Tensor>& values,
                         const Tensor& ray_indices) {
-  check_accumulate(weights, values, ray_indices, grad_out.size(0));
-  check_float(grad_out, "grad_out", weights.device());
-  check_same_dtype(grad_out, weights, "grad_out", "weights");
+  check_accumulate(weights, values, ray_indices, 0);
+  check_accumulate_grad(grad_out, weights, values);  // its shape bounds every read below
   const int64_t n = weights.size(0);
   const int64_t dim = grad_out.size(1);
   const int64_t n_rays = grad_out.size(0);
@@ -417,7 +424,7 @@ Tensors2 searchsorted(const Tensor& sorted_vals, const Tensor& sorted_packed_inf
   check_packed_info(sorted_packed_info, "sorted_packed_info", dev);
   check_packed_info(query_packed_info, "query_packed_info", dev);
   check_shape(query_packed_info, "query_packed_info", sorted_packed_info.sizes());
-  check_packed_ranges(sorted_packed_info, "sorted_packed_info", sorted_vals.size(0));
+  check_packed_ranges(sorted_packed_info, "sorted_packed_info", sorted_vals.size(0), /*disjoint=*/false);
   check_packed_ranges(query_packed_info, "query_packed_info", query_vals.size(0));
   auto left = at::zeros({query_vals.size(0)}, query_vals.options().dtype(at::kLong));
   auto right = at::zeros({query_vals.size(0)}, query_vals.options().dtype(at::kLong));
@@ -444,7 +451,7 @@ Tensors4 importance_sampling(const Tensor& edge_vals, const Tensor& cdfs, const 
   check_dim(edge_vals, "edge_vals", 1);
   check_same_flat(cdfs, edge_vals, "cdfs", "edge_vals");
   check_packed_info(packed_info, "packed_info", dev);
-  check_packed_ranges(packed_info, "packed_info", edge_vals.size(0));
+  check_packed_ranges(packed_info, "packed_info", edge_vals.size(0), /*disjoint=*/false);  // only read
   const int64_t n_rays = packed_info.size(0);
   check_long(n_per_ray, "n_per_ray", dev);
   check_flat(n_per_ray, "n_per_ray", n_rays);

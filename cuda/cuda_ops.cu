@@ -488,9 +488,8 @@ Tensor accumulate_fwd(const Tensor& weights, const std::optional<Tensor>& values
 
 Tensors2 accumulate_bwd(const Tensor& grad_out, const Tensor& weights, const std::optional<Tensor>& values,
                         const Tensor& ray_indices) {
-  check_accumulate(weights, values, ray_indices, grad_out.size(0));
-  check_float(grad_out, "grad_out", weights.device());
-  check_same_dtype(grad_out, weights, "grad_out", "weights");
+  check_accumulate(weights, values, ray_indices, 0);
+  check_accumulate_grad(grad_out, weights, values);  // its shape bounds every read below
   const c10::cuda::CUDAGuard guard(weights.device());
   const int64_t n = weights.size(0);
   Tensor g_v = values.has_value() ? at::empty_like(*values) : at::empty({0}, weights.options());
@@ -517,7 +516,7 @@ Tensors2 searchsorted(const Tensor& sorted_vals, const Tensor& sorted_packed_inf
   check_packed_info(sorted_packed_info, "sorted_packed_info", dev);
   check_packed_info(query_packed_info, "query_packed_info", dev);
   check_shape(query_packed_info, "query_packed_info", sorted_packed_info.sizes());
-  check_packed_ranges(sorted_packed_info, "sorted_packed_info", sorted_vals.size(0));
+  check_packed_ranges(sorted_packed_info, "sorted_packed_info", sorted_vals.size(0), /*disjoint=*/false);
   check_packed_ranges(query_packed_info, "query_packed_info", query_vals.size(0));
   const c10::cuda::CUDAGuard guard(dev);
   auto left = at::zeros({query_vals.size(0)}, query_vals.options().dtype(at::kLong));
@@ -539,7 +538,7 @@ Tensors4 importance_sampling(const Tensor& edge_vals, const Tensor& cdfs, const 
   check_dim(edge_vals, "edge_vals", 1);
   check_same_flat(cdfs, edge_vals, "cdfs", "edge_vals");
   check_packed_info(packed_info, "packed_info", dev);
-  check_packed_ranges(packed_info, "packed_info", edge_vals.size(0));
+  check_packed_ranges(packed_info, "packed_info", edge_vals.size(0), /*disjoint=*/false);  // only read
   const int64_t n_rays = packed_info.size(0);
   check_long(n_per_ray, "n_per_ray", dev);
   check_flat(n_per_ray, "n_per_ray", n_rays);

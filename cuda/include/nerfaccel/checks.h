@@ -49,18 +49,40 @@ inline void check_packed_info(const at::Tensor& p, const char* name, const at::D
                     p.sizes());
 }
 
-// Every chunk [start, start + count) must lie in [0, n). Checked on the host for CPU tensors only: on a GPU it
-// would cost a device sync per call, and the Python layer validates the ranges before dispatch (unless
-// NERFACCEL_SKIP_VALUE_CHECKS=1). Keeps direct torch.ops.nerfaccel.* calls on the CPU from reading or writing
-// out of bounds.
-inline void check_packed_ranges(const at::Tensor& p, const char* name, int64_t n) {
+// Every chunk [start, start + count) must lie in [0, n), and with `disjoint` (chunks the op writes through) no two
+// non-empty chunks may share an element; they need not be in order (one pass when they are, else a sort), and empty
+// chunks may start anywhere in [0, n]. The same rules as the Python layer's validation. Checked on the host for CPU
+// tensors only: on a GPU it would cost a device sync per call, and the Python layer validates packed_info before
+// dispatch (unless NERFACCEL_SKIP_VALUE_CHECKS=1). On a GPU, chunks outside [0, n) read and write out of bounds and
+// overlapping chunks race (each element gets one of the rays' values). Keeps direct torch.ops.nerfaccel.* calls
+// on the CPU from reading or writing out of bounds, or returning elements that no chunk wrote.
+inline void check_packed_ranges(const at::Tensor& p, const char* name, int64_t n, bool disjoint = true) {
   if (!p.device().is_cpu()) return;
   const int64_t* pi = p.data_ptr<int64_t>();
-  for (int64_t r = 0; r < p.size(0); ++r) {
+  const int64_t rows = p.size(0);
+  bool ordered = true;
+  int64_t end = 0;  // end of the last non-empty chunk so far
+  for (int64_t r = 0; r < rows; ++r) {
     const int64_t start = pi[2 * r], count = pi[2 * r + 1];
     TORCH_CHECK_VALUE(start >= 0 && count >= 0 && start <= n - count, "nerfaccel: `", name, "`[", r, "] = [", start,
                       ", ", count, "] addresses elements outside [0, ", n,
                       "); packed_info rows are [start, count] chunks of the flat tensor (see pack_info)");
+    if (count > 0) {
+      ordered = ordered && start >= end;
+      end = start + count;
+    }
+  }
+  if (!disjoint || ordered) return;
+  std::vector<std::pair<int64_t, int64_t>> chunks;  // (start, row) of the non-empty chunks, by start
+  for (int64_t r = 0; r < rows; ++r) {
+    if (pi[2 * r + 1] > 0) chunks.emplace_back(pi[2 * r], r);
+  }
+  std::sort(chunks.begin(), chunks.end());
+  for (size_t k = 1; k < chunks.size(); ++k) {
+    const int64_t a = chunks[k - 1].second, b = chunks[k].second;
+    TORCH_CHECK_VALUE(pi[2 * b] >= pi[2 * a] + pi[2 * a + 1], "nerfaccel: `", name, "`[", a, "] = [", pi[2 * a], ", ",
+                      pi[2 * a + 1], "] and `", name, "`[", b, "] = [", pi[2 * b], ", ", pi[2 * b + 1],
+                      "] overlap; each element may belong to one chunk only (build packed_info with pack_info)");
   }
 }
 

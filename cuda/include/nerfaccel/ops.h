@@ -136,6 +136,17 @@ inline void check_accumulate(const Tensor& weights, const std::optional<Tensor>&
   }
 }
 
+// grad_out of accumulate_along_rays: [n_rays, d] with d the width of values (1 without values); n_rays is its first
+// size (ray indices outside [0, n_rays) get zero gradients).
+inline void check_accumulate_grad(const Tensor& grad_out, const Tensor& weights, const std::optional<Tensor>& values) {
+  check_float(grad_out, "grad_out", weights.device());
+  check_same_dtype(grad_out, weights, "grad_out", "weights");
+  const int64_t dim = values.has_value() ? values->size(1) : 1;
+  TORCH_CHECK_VALUE(grad_out.dim() == 2 && grad_out.size(1) == dim, "nerfaccel: `grad_out` must have shape [n_rays, ",
+                    dim, "] (the accumulated output's shape", values.has_value() ? ", d = values.shape[1]" : "",
+                    "), got ", grad_out.sizes());
+}
+
 inline void check_points(const Tensor& x, const Tensor& aabb) {
   check_float(x, "x", x.device());
   TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) == 3, "nerfaccel: `x` must have shape [n, 3], got ", x.sizes());
