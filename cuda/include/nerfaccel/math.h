@@ -381,13 +381,14 @@ NA_HD void render_alpha_bwd_ray(const T* gw, const T* gt, const T* alpha, const 
 // Sorted search and inverse-CDF sampling
 // ---------------------------------------------------------------------------------------------
 
-// Number of entries of v[s .. s+n-1] that are <= x (upper bound), by bisection.
+// Upper bound of x in v[s .. s+n-1]: the number of leading entries that are not > x, by bisection (nerfacc's
+// comparison, !(v > x): a NaN query lands at the end, like torch.searchsorted's).
 template <typename T>
 NA_HD index_t count_le(const T* v, index_t s, index_t n, T x) {
   index_t lo = 0, hi = n;
   while (lo < hi) {
     const index_t mid = lo + (hi - lo) / 2;
-    if (v[s + mid] <= x) {
+    if (!(v[s + mid] > x)) {
       lo = mid + 1;
     } else {
       hi = mid;
@@ -396,16 +397,20 @@ NA_HD index_t count_le(const T* v, index_t s, index_t n, T x) {
   return lo;
 }
 
-// One query of _searchsorted against the chunk (base, cnt); total = numel of the sorted values.
+// One query of _searchsorted against the chunk (base, cnt), by nerfacc 0.5's rule (pdf.cu, searchsorted_kernel):
+// with last = base + cnt - 1, the upper bound is searched in the chunk without its last entry,
+// p = base + count_le(v[base .. last - 1], q), then left = clamp(p - 1, base, last) and right = clamp(p, base, last)
+// (max(min(., last), base)). So v[left] <= q < v[right] inside the range; a query below it gives (base, base), one
+// at or above v[last] gives (last - 1, last); a one-entry chunk gives (base, base), an empty one base for both.
+// total = numel of the sorted values: indices are also clamped to total - 1, which only changes an empty chunk
+// at the very end (nerfacc would return the out-of-range index base there).
 template <typename T>
 NA_HD void searchsorted_one(const T* sorted, index_t base, index_t cnt, index_t total, T q, int64_t& left,
                             int64_t& right) {
-  const index_t p = count_le(sorted, base, cnt, q);
-  index_t r = na_min<index_t>(na_max<index_t>(p, 1), cnt - 1);
-  r = na_max<index_t>(r, 0);
-  const index_t l = na_max<index_t>(r - 1, 0);
-  right = base + r;
-  left = base + l;
+  const index_t last = base + cnt - 1;
+  const index_t p = base + count_le(sorted, base, na_max<index_t>(cnt - 1, 0), q);
+  left = na_max<index_t>(na_min<index_t>(p - 1, last), base);
+  right = na_max<index_t>(na_min<index_t>(p, last), base);
   if (total > 0) {
     right = na_min<index_t>(right, total - 1);
     left = na_min<index_t>(left, total - 1);
