@@ -461,7 +461,7 @@ NA_HD T contraction_norm(const T* z, bool linf, T* grad) {
     for (int a = 0; a < 3; ++a) grad[a] = n > T(0) ? z[a] / n : T(0);
     return n;
   }
-  const T m = na_max(na_max(na_abs(z[0]), na_abs(z[1])), na_abs(z[2]));
+  const T m = nan_max(nan_max(na_abs(z[0]), na_abs(z[1])), na_abs(z[2]));  // NaN propagates, like torch's amax
   int ties = 0;
   for (int a = 0; a < 3; ++a) ties += (na_abs(z[a]) == m);
   for (int a = 0; a < 3; ++a) {
@@ -469,6 +469,32 @@ NA_HD T contraction_norm(const T* z, bool linf, T* grad) {
     grad[a] = (na_abs(z[a]) == m) ? sgn / static_cast<T>(ties) : T(0);
   }
   return m;
+}
+
+// The contraction's limit where |z| is infinite (an infinite coordinate, or a norm that overflows): the point lies
+// on the outer shell, y = (z / |z|) / 2 + 1/2 (the formula below would give inf / inf = NaN), with gradient 0. Only
+// the infinite coordinates count for the direction (their signs; in L2 shared evenly among them); a NaN coordinate
+// keeps the NaN result. Writes y (when given) and returns true when the limit applies.
+template <typename T>
+NA_HD bool contract_at_infinity(const T* z, bool linf, T n, T* y) {
+  if (!(n == na_inf<T>())) return false;
+  T s = T(0);
+  for (int a = 0; a < 3; ++a) {
+    if (z[a] != z[a]) return false;
+    s = na_max(s, na_abs(z[a]));
+  }
+  T u[3], un = T(0);
+  for (int a = 0; a < 3; ++a) {
+    if (s == na_inf<T>()) {
+      u[a] = na_abs(z[a]) == s ? (z[a] > T(0) ? T(1) : T(-1)) : T(0);
+    } else {
+      u[a] = z[a] / s;  // finite but |z|^2 overflowed: scale before normalising
+    }
+    un = linf ? na_max(un, na_abs(u[a])) : un + u[a] * u[a];
+  }
+  if (!linf) un = na_sqrt(un);
+  for (int a = 0; y != nullptr && a < 3; ++a) y[a] = u[a] / un * T(0.5) + T(0.5);
+  return true;
 }
 
 template <typename T>
@@ -480,6 +506,10 @@ NA_HD void contract_point(const T* x, const T* aabb, bool linf, T* y, const T* g
     z[a] = (x[a] - center[a]) / half[a];
   }
   const T n = contraction_norm(z, linf, dn);
+  if (contract_at_infinity(z, linf, n, y)) {
+    for (int a = 0; gx != nullptr && a < 3; ++a) gx[a] = T(0);
+    return;
+  }
   const T m = na_max(n, T(1));
   if (y != nullptr) {
     for (int a = 0; a < 3; ++a) y[a] = (T(2) - T(1) / m) * z[a] / m * T(0.25) + T(0.5);
