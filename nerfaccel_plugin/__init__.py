@@ -7,6 +7,7 @@ torch device through a pure-PyTorch reference and uses compiled kernels where av
 """
 
 from ._backend import backend_info
+from ._validation import value_checks
 from .contraction import contract, uncontract
 from .data_specs import RayIntervals, RaySamples
 from .estimators.occ_grid import OccGridEstimator
@@ -31,6 +32,7 @@ from .volrend import (
 __all__ = [
     "__version__",
     "backend_info",
+    "value_checks",
     "inclusive_prod",
     "exclusive_prod",
     "inclusive_sum",

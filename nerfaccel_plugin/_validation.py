@@ -8,15 +8,43 @@ read tensor contents (NaN, sortedness, index ranges) synchronize with the GPU; s
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
+from collections.abc import Iterator
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+_override: contextvars.ContextVar[Optional[bool]] = contextvars.ContextVar("nerfaccel_value_checks", default=None)
+
 
 def value_checks_enabled() -> bool:
+    """Whether checks that read tensor values run (see :func:`value_checks`; else the environment)."""
+    forced = _override.get()
+    if forced is not None:
+        return forced
     return os.environ.get("NERFACCEL_SKIP_VALUE_CHECKS", "0") not in ("1", "true", "True")
+
+
+@contextlib.contextmanager
+def value_checks(enabled: bool) -> Iterator[None]:
+    """Turns the value checks (NaN, sortedness, index ranges) on or off inside a ``with`` block.
+
+    Those checks read tensor contents, which on a GPU costs a host synchronization each. Code that
+    builds its inputs with nerfaccel's own samplers (such as the Nerfstudio models, per training step)
+    can skip them; type, dtype, shape and device checks always run. Overrides
+    ``NERFACCEL_SKIP_VALUE_CHECKS`` for the current thread / task.
+
+    Args:
+        enabled: ``False`` to skip the value checks in the block, ``True`` to force them on.
+    """
+    token = _override.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _override.reset(token)
 
 
 def tensor(name: str, x: object) -> Tensor:
