@@ -202,6 +202,7 @@ namespace {
 
 // kFused: the one-pass per-ray loops the CUDA kernels run (exposed for tests); otherwise the two-pass loops with
 // vectorised exponentials.
+// (The covers_all hint of the CUDA build is not needed here: covers_all() on the host costs one pass over the rays.)
 template <bool kFused>
 Tensors3 render_density_fwd_impl(const Tensor& t_starts, const Tensor& t_ends, const Tensor& sigmas,
                                  const Tensor& packed_info) {
@@ -276,13 +277,13 @@ Tensors3 render_density_bwd_impl(const Tensor& g_w, const Tensor& g_trans, const
 }  // namespace
 
 Tensors3 render_density_fwd(const Tensor& t_starts, const Tensor& t_ends, const Tensor& sigmas,
-                            const Tensor& packed_info) {
+                            const Tensor& packed_info, bool /*covers_all*/) {
   return render_density_fwd_impl<false>(t_starts, t_ends, sigmas, packed_info);
 }
 
 Tensors3 render_density_bwd(const Tensor& g_w, const Tensor& g_trans, const Tensor& g_alpha, const Tensor& t_starts,
                             const Tensor& t_ends, const Tensor& sigmas, const Tensor& trans, const Tensor& alphas,
-                            const Tensor& packed_info) {
+                            const Tensor& packed_info, bool /*covers_all*/) {
   return render_density_bwd_impl<false>(g_w, g_trans, g_alpha, t_starts, t_ends, sigmas, trans, alphas, packed_info);
 }
 

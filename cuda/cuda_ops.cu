@@ -382,7 +382,7 @@ Tensor scan_bwd(const Tensor& grad, const Tensor& inputs, const Tensor& outputs,
 }
 
 Tensors3 render_density_fwd(const Tensor& t_starts, const Tensor& t_ends, const Tensor& sigmas,
-                            const Tensor& packed_info) {
+                            const Tensor& packed_info, bool covers_all) {
   check_density(t_starts, t_ends, sigmas, packed_info);
   const c10::cuda::CUDAGuard guard(sigmas.device());
   const int64_t n = sigmas.size(0), n_rays = packed_info.size(0);
@@ -393,7 +393,9 @@ Tensors3 render_density_fwd(const Tensor& t_starts, const Tensor& t_ends, const 
     const scalar_t* t0 = t_starts.data_ptr<scalar_t>();
     const scalar_t* t1 = t_ends.data_ptr<scalar_t>();
     const scalar_t* sg = sigmas.data_ptr<scalar_t>();
-    NA_LAUNCH(density_alpha_kernel<scalar_t>, n, t0, t1, sg, n, alphas.data_ptr<scalar_t>());
+    // Samples outside every chunk still get their alpha; skipped when the caller knows the chunks cover everything
+    // (checking it here would cost a device sync).
+    if (!covers_all) NA_LAUNCH(density_alpha_kernel<scalar_t>, n, t0, t1, sg, n, alphas.data_ptr<scalar_t>());
     NA_LAUNCH(density_fwd_kernel<scalar_t>, n_rays, t0, t1, sg, alphas.data_ptr<scalar_t>(),
               packed_info.data_ptr<int64_t>(), n_rays, weights.data_ptr<scalar_t>(), trans.data_ptr<scalar_t>());
   });
@@ -402,7 +404,7 @@ Tensors3 render_density_fwd(const Tensor& t_starts, const Tensor& t_ends, const 
 
 Tensors3 render_density_bwd(const Tensor& g_w, const Tensor& g_trans, const Tensor& g_alpha, const Tensor& t_starts,
                             const Tensor& t_ends, const Tensor& sigmas, const Tensor& trans, const Tensor& alphas,
-                            const Tensor& packed_info) {
+                            const Tensor& packed_info, bool covers_all) {
   check_density(t_starts, t_ends, sigmas, packed_info);
   check_same_flat(g_w, sigmas, "grad_weights", "sigmas");
   check_same_flat(g_trans, sigmas, "grad_trans", "sigmas");
@@ -418,8 +420,11 @@ Tensors3 render_density_bwd(const Tensor& g_w, const Tensor& g_trans, const Tens
     const scalar_t* t0 = t_starts.data_ptr<scalar_t>();
     const scalar_t* t1 = t_ends.data_ptr<scalar_t>();
     const scalar_t* sg = sigmas.data_ptr<scalar_t>();
-    NA_LAUNCH(density_bwd_elem_kernel<scalar_t>, n, g_alpha.data_ptr<scalar_t>(), t0, t1, sg, n,
-              g_t0.data_ptr<scalar_t>(), g_t1.data_ptr<scalar_t>(), g_sg.data_ptr<scalar_t>());
+    // Elements outside every chunk only feed the alpha output; chunk elements are overwritten by the ray pass.
+    if (!covers_all) {
+      NA_LAUNCH(density_bwd_elem_kernel<scalar_t>, n, g_alpha.data_ptr<scalar_t>(), t0, t1, sg, n,
+                g_t0.data_ptr<scalar_t>(), g_t1.data_ptr<scalar_t>(), g_sg.data_ptr<scalar_t>());
+    }
     NA_LAUNCH(density_bwd_kernel<scalar_t>, n_rays, g_w.data_ptr<scalar_t>(), g_trans.data_ptr<scalar_t>(),
               g_alpha.data_ptr<scalar_t>(), t0, t1, sg, trans.data_ptr<scalar_t>(), alphas.data_ptr<scalar_t>(),
               packed_info.data_ptr<int64_t>(), n_rays, g_t0.data_ptr<scalar_t>(), g_t1.data_ptr<scalar_t>(),

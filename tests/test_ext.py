@@ -2,9 +2,11 @@
 
 Every primitive is compared forward and backward (shared random cotangents) on random inputs that
 include the edge cases: empty rays, zero samples, rays that miss everything, one-sample rays, a ray
-with a huge number of samples and elements outside every chunk. The same tests run on CUDA tensors
-when a GPU is present (skipped otherwise). gradcheck runs through the registered ops in float64 and
-``torch.library.opcheck`` checks every op's registration.
+with a huge number of samples and elements outside every chunk. The huge ray and the accumulation run
+in float32 against a float64 reference (the kernels accumulate in double). The same tests, gradcheck
+(float64, through the registered ops), ``torch.library.opcheck`` of every op, the ``torch.compile``
+smoke test and double backward run on CUDA tensors when a GPU is present and the CUDA extension loads
+(skipped otherwise), plus a test on a non-default CUDA stream.
 
 The C++ extension is built once per session (normally a cache hit). Without a C++ toolchain the
 tests skip with the reason, unless ``NERFACCEL_REQUIRE_EXT=1`` (set by CI) makes that a failure.
@@ -12,6 +14,7 @@ tests skip with the reason, unless ``NERFACCEL_REQUIRE_EXT=1`` (set by CI) makes
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -113,13 +116,32 @@ def _fwd_bwd(fn, inputs: list[torch.Tensor], cotangents: list[torch.Tensor] | No
     return [o.detach() for o in outs], grads, cotangents
 
 
-def _compare_fwd_bwd(ref_fn, ker_fn, inputs, rtol=RTOL, atol=ATOL):
-    ref_out, ref_grad, cot = _fwd_bwd(ref_fn, inputs)
-    ker_out, ker_grad, _ = _fwd_bwd(ker_fn, inputs, cot)
+def _compare_fwd_bwd(ref_fn, ker_fn, inputs, rtol=RTOL, atol=ATOL, ref_dtype=None):
+    """Kernels vs reference, forward and backward (same cotangents).
+
+    With ``ref_dtype`` (float64) the reference runs on copies of the float inputs and cotangents in that dtype, the
+    exact answer that the float32 kernels (double accumulators) must reach, and its results are rounded to the
+    kernels' dtype for the comparison.
+    """
+    if ref_dtype is None:
+        ref_out, ref_grad, cot = _fwd_bwd(ref_fn, inputs)
+        ker_out, ker_grad, _ = _fwd_bwd(ker_fn, inputs, cot)
+    else:
+        ker_out, ker_grad, cot = _fwd_bwd(ker_fn, inputs)
+        up = [x.to(ref_dtype) if x.is_floating_point() else x for x in inputs]
+        ref_out, ref_grad, _ = _fwd_bwd(ref_fn, up, [c.to(ref_dtype) for c in cot])
+        ref_out = [r.to(k.dtype) for r, k in zip(ref_out, ker_out, strict=True)]
+        ref_grad = [r.to(k.dtype) for r, k in zip(ref_grad, ker_grad, strict=True)]
     for a, b in zip(ker_out, ref_out, strict=True):
         _close(a, b, rtol, atol)
     for a, b in zip(ker_grad, ref_grad, strict=True):
         _close(a, b, rtol, atol)
+
+
+def _ref_dtype(layout: str):
+    """The "huge" layout (one ray of 200k samples) runs in float32 against a float64 reference: a float32 running
+    sum over it drifts by ~1e-2, so it checks that the kernels accumulate in double (as torch's CPU cumsum does)."""
+    return torch.float64 if layout == "huge" else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,30 +152,36 @@ def _compare_fwd_bwd(ref_fn, ker_fn, inputs, rtol=RTOL, atol=ATOL):
 def test_scans(K, name, layout):
     ext, device = K
     packed_info, n = _layout(layout, device)
-    dtype = torch.float64 if layout == "huge" else torch.float32
     if "prod" in name:
-        x = 1.0 - 1e-5 * torch.rand(n, dtype=dtype, device=device)  # products stay away from underflow
+        x = 1.0 - 1e-5 * torch.rand(n, device=device)  # products stay away from underflow
         if n > 10:
             x[torch.randint(0, n, (max(n // 20, 1),))] = 0.0  # zeros: exact gradients required
+            if layout == "huge":
+                x[6:100_000] = torch.where(x[6:100_000] == 0.0, 1.0, x[6:100_000])  # a long run before the zeros
     else:
-        x = torch.randn(n, dtype=dtype, device=device)
-    _compare_fwd_bwd(lambda a: getattr(R, name)(a, packed_info), lambda a: getattr(ext, name)(a, packed_info), [x])
+        x = torch.randn(n, device=device)
+    _compare_fwd_bwd(
+        lambda a: getattr(R, name)(a, packed_info),
+        lambda a: getattr(ext, name)(a, packed_info),
+        [x],
+        ref_dtype=_ref_dtype(layout),
+    )
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_render_weight_from_density(K, layout):
     ext, device = K
     packed_info, n = _layout(layout, device)
-    dtype = torch.float64 if layout == "huge" else torch.float32
-    t0 = torch.rand(n, dtype=dtype, device=device)
-    t1 = t0 + 0.05 * torch.rand(n, dtype=dtype, device=device)
-    sig = 10 * torch.rand(n, dtype=dtype, device=device)
+    t0 = torch.rand(n, device=device)
+    t1 = t0 + 0.05 * torch.rand(n, device=device)
+    sig = 10 * torch.rand(n, device=device)
     if layout == "huge":
         sig = sig * 1e-4  # keep transmittance from underflowing over 200k samples
     _compare_fwd_bwd(
         lambda a, b, c: R._render_weight_from_density(a, b, c, packed_info),
         lambda a, b, c: ext._render_weight_from_density(a, b, c, packed_info),
         [t0, t1, sig],
+        ref_dtype=_ref_dtype(layout),
     )
 
 
@@ -168,23 +196,23 @@ def test_fused_density_loops_of_the_cuda_kernels(cpp, layout):
 
     module = build.get_module("cpp")
     packed_info, n = _layout(layout, "cpu")
-    dtype = torch.float64 if layout == "huge" else torch.float32
-    t0 = torch.rand(n, dtype=dtype)
-    t1 = t0 + 0.05 * torch.rand(n, dtype=dtype)
-    sig = 10 * torch.rand(n, dtype=dtype) * (1e-4 if layout == "huge" else 1.0)
-    ref_inputs = [x.clone().requires_grad_() for x in (t0, t1, sig)]
+    ref_dtype = _ref_dtype(layout) or torch.float32  # float32 inputs; float64 reference for the huge ray
+    t0 = torch.rand(n)
+    t1 = t0 + 0.05 * torch.rand(n)
+    sig = 10 * torch.rand(n) * (1e-4 if layout == "huge" else 1.0)
+    ref_inputs = [x.to(ref_dtype).requires_grad_() for x in (t0, t1, sig)]
     ref = R._render_weight_from_density(*ref_inputs, packed_info)
     fused = module.render_density_fwd_fused(t0, t1, sig, packed_info)
     for a, b in zip(fused, ref, strict=True):
-        _close(a, b.detach())
-    cots = [torch.randn(n, dtype=dtype) for _ in range(3)]
-    ref_grads = torch.autograd.grad(ref, ref_inputs, cots, allow_unused=True)
+        _close(a, b.detach().float())
+    cots = [torch.randn(n) for _ in range(3)]
+    ref_grads = torch.autograd.grad(ref, ref_inputs, [c.to(ref_dtype) for c in cots], allow_unused=True)
     w, trans, alphas = fused
     got = module.render_density_bwd_fused(*cots, t0, t1, sig, trans, alphas, packed_info)
     for a, b, x in zip(got, ref_grads, ref_inputs, strict=True):
-        _close(a, torch.zeros_like(x) if b is None else b)
+        _close(a, (torch.zeros_like(x) if b is None else b).float())
     # and the two CPU variants agree with each other to rounding
-    two_pass = module.render_density_fwd(t0, t1, sig, packed_info)
+    two_pass = module.render_density_fwd(t0, t1, sig, packed_info, False)
     for a, b in zip(fused, two_pass, strict=True):
         _close(a, b)
 
@@ -193,14 +221,16 @@ def test_fused_density_loops_of_the_cuda_kernels(cpp, layout):
 def test_render_weight_from_alpha(K, layout):
     ext, device = K
     packed_info, n = _layout(layout, device)
-    dtype = torch.float64 if layout == "huge" else torch.float32
-    alphas = torch.rand(n, dtype=dtype, device=device) * (1e-5 if layout == "huge" else 0.3)
+    alphas = torch.rand(n, device=device) * (1e-5 if layout == "huge" else 0.3)
     if n > 10:
         alphas[torch.randint(0, n, (3,))] = 1.0  # fully opaque samples: division-free gradient
+    if layout == "huge":
+        alphas[: 150_000 + 6] = torch.where(alphas[: 150_000 + 6] == 1.0, 0.0, alphas[: 150_000 + 6])  # long prefix
     _compare_fwd_bwd(
         lambda a: R._render_weight_from_alpha(a, packed_info),
         lambda a: ext._render_weight_from_alpha(a, packed_info),
         [alphas],
+        ref_dtype=_ref_dtype(layout),
     )
 
 
@@ -215,27 +245,21 @@ def test_accumulate_along_rays(K, dim, n, order):
         ray_indices = torch.sort(torch.randint(0, 3 * n_rays // 4, (n,), device=device)).values
         ray_indices[ray_indices > 5] += 1  # an empty ray in the middle, empty rays at the end
     values = None if dim is None else torch.randn(n, dim, device=device)
-    atol = ATOL
-    if device == "cuda" and order == "unsorted" and n > 0:
-        # Unsorted indices on CUDA are summed with atomics in no fixed order: allow float32 rounding of a
-        # reordered sum (sorted indices are summed in sample order, like the reference).
-        mags = R._accumulate_along_rays(weights.abs().cpu(), None if dim is None else values.abs().cpu(),
-                                        ray_indices.cpu(), n_rays)  # fmt: skip
-        atol = max(ATOL, 1e-5 * float(mags.max()))
-    # The reference runs on the CPU (index_add in sample order) whatever the device under test.
+    # The kernels sum in double (on CUDA also with atomics, for unsorted indices, in no fixed order) and round once:
+    # compared with a float64 reference (index_add on the CPU) rounded to float32.
     if dim is None:
         _compare_fwd_bwd(
             lambda w: R._accumulate_along_rays(w.cpu(), None, ray_indices.cpu(), n_rays),
             lambda w: ext._accumulate_along_rays(w, None, ray_indices, n_rays),
             [weights],
-            atol=atol,
+            ref_dtype=torch.float64,
         )
     else:
         _compare_fwd_bwd(
             lambda w, v: R._accumulate_along_rays(w.cpu(), v.cpu(), ray_indices.cpu(), n_rays),
             lambda w, v: ext._accumulate_along_rays(w, v, ray_indices, n_rays),
             [weights, values],
-            atol=atol,
+            ref_dtype=torch.float64,
         )
 
 
@@ -464,107 +488,114 @@ def test_packed_info_out_of_range_is_rejected_on_cpu(cpp, bad):
 # ---------------------------------------------------------------------------------------------
 # gradcheck, opcheck, torch.compile
 # ---------------------------------------------------------------------------------------------
-def test_gradcheck(cpp):
-    packed_info, n = _packed([3, 0, 1, 6], True)
-    f64 = dict(dtype=torch.float64, requires_grad=True)
+def test_gradcheck(K):  # noqa: N803
+    ext, device = K
+    packed_info, n = _packed([3, 0, 1, 6], True, device)
+    f64 = dict(dtype=torch.float64, device=device, requires_grad=True)
     x = torch.rand(n, **f64)
     for name in ["_inclusive_sum", "_exclusive_sum", "_inclusive_prod", "_exclusive_prod"]:
-        assert torch.autograd.gradcheck(lambda a: getattr(cpp, name)(a, packed_info), (x,))
+        assert torch.autograd.gradcheck(lambda a: getattr(ext, name)(a, packed_info), (x,))
     xz = x.detach().clone()
     xz[[1, 6]] = 0.0
-    assert torch.autograd.gradcheck(lambda a: cpp._exclusive_prod(a, packed_info), (xz.requires_grad_(),))
-    t0 = torch.rand(n, dtype=torch.float64)
-    t1 = (t0 + torch.rand(n, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a: ext._exclusive_prod(a, packed_info), (xz.requires_grad_(),))
+    t0 = torch.rand(n, dtype=torch.float64, device=device)
+    t1 = (t0 + torch.rand(n, dtype=torch.float64, device=device)).requires_grad_()
     sig = torch.rand(n, **f64)
     assert torch.autograd.gradcheck(
-        lambda a, b, c: cpp._render_weight_from_density(a, b, c, packed_info), (t0.requires_grad_(), t1, sig)
+        lambda a, b, c: ext._render_weight_from_density(a, b, c, packed_info), (t0.requires_grad_(), t1, sig)
     )
-    assert torch.autograd.gradcheck(lambda a: cpp._render_weight_from_alpha(a, packed_info), (x * 0.9,))
-    ri = torch.randint(0, 4, (n,))
+    assert torch.autograd.gradcheck(lambda a: ext._render_weight_from_alpha(a, packed_info), (x * 0.9,))
+    ri = torch.randint(0, 4, (n,), device=device)
     vals = torch.rand(n, 2, **f64)
-    assert torch.autograd.gradcheck(lambda w, v: cpp._accumulate_along_rays(w, v, ri, 4), (x, vals))
-    aabb = torch.tensor([-1.0, -1, -1, 1, 1, 1], dtype=torch.float64)
-    pts = (torch.randn(50, 3, dtype=torch.float64) * 2).requires_grad_()
-    ys = (torch.rand(50, 3, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda w, v: ext._accumulate_along_rays(w, v, ri, 4), (x, vals))
+    assert torch.autograd.gradcheck(lambda w: ext._accumulate_along_rays(w, None, ri, 4), (x,))
+    aabb = torch.tensor([-1.0, -1, -1, 1, 1, 1], dtype=torch.float64, device=device)
+    pts = (torch.randn(50, 3, dtype=torch.float64, device=device) * 2).requires_grad_()
+    ys = (torch.rand(50, 3, dtype=torch.float64, device=device) * 0.8 + 0.1).requires_grad_()
     for ord in ["l2", "linf"]:
-        assert torch.autograd.gradcheck(lambda a: cpp._contract(a, aabb, ord), (pts,))
-        assert torch.autograd.gradcheck(lambda a: cpp._uncontract(a, aabb, ord), (ys,))
+        assert torch.autograd.gradcheck(lambda a: ext._contract(a, aabb, ord), (pts,))
+        assert torch.autograd.gradcheck(lambda a: ext._uncontract(a, aabb, ord), (ys,))
 
 
-def _opcheck_cases():
-    packed_info, n = _packed([3, 0, 1, 6], True)
-    x = torch.rand(n, requires_grad=True)
-    t0 = torch.rand(n)
-    t1 = t0 + torch.rand(n)
-    ri = torch.randint(0, 4, (n,))
-    o, d = _rays(16, "cpu")
-    binaries = torch.rand(2, 8, 8, 8) > 0.5
-    aabbs2 = torch.tensor([[-1.0, -1, -1, 1, 1, 1], [-2.0, -2, -2, 2, 2, 2]])
-    sv, spi = _sorted_packed([2, 3, 0, 4], "cpu")
-    qpi, n_q = _packed([1, 3, 2, 0])
-    cdfs = torch.rand(sv.numel())
+def _opcheck_cases(device: str = "cpu"):
+    packed_info, n = _packed([3, 0, 1, 6], True, device)
+    x = torch.rand(n, device=device, requires_grad=True)
+    t0 = torch.rand(n, device=device)
+    t1 = t0 + torch.rand(n, device=device)
+    ri = torch.randint(0, 4, (n,), device=device)
+    o, d = _rays(16, device)
+    binaries = torch.rand(2, 8, 8, 8, device=device) > 0.5
+    aabbs2 = torch.tensor([[-1.0, -1, -1, 1, 1, 1], [-2.0, -2, -2, 2, 2, 2]], device=device)
+    sv, spi = _sorted_packed([2, 3, 0, 4], device)
+    qpi, n_q = _packed([1, 3, 2, 0], False, device)
+    cdfs = torch.rand(sv.numel(), device=device)
+    tiled, n_tiled = _packed([4, 0, 2, 5], False, device)  # chunks that tile the samples: covers_all may be set
+    t0_tiled = torch.rand(n_tiled, device=device)
+    box = torch.tensor([-1.0, -1, -1, 1, 1, 1], device=device)
     ops = torch.ops.nerfaccel
+
+    def dev(*shape, fn=torch.rand, **kwargs):
+        return fn(*shape, device=device, **kwargs)
+
     _, trans, alphas = ops.render_weight_from_density(t0, t1, x.detach(), packed_info)
     return {
         "ray_aabb_intersect": (ops.ray_aabb_intersect, (o, d, aabbs2, 0.0, 1e10, 1e10)),
         "traverse_grids": (
             ops.traverse_grids,
-            (o, d, binaries, aabbs2, torch.zeros(16), torch.full((16,), 1e10), 0.05, 0.0),
+            (o, d, binaries, aabbs2, dev(16, fn=torch.zeros), torch.full((16,), 1e10, device=device), 0.05, 0.0),
         ),
         "scan": (ops.scan, (x, packed_info, True, True)),
         "render_weight_from_density": (
             ops.render_weight_from_density,
             (t0, t1.requires_grad_(), x, packed_info),
         ),
+        "render_weight_from_density_covers_all": (
+            ops.render_weight_from_density,
+            (t0_tiled, t0_tiled + 0.5, dev(n_tiled, requires_grad=True), tiled, True),
+        ),
         "render_weight_from_alpha": (ops.render_weight_from_alpha, (x * 0.5, packed_info)),
-        "accumulate_along_rays": (ops.accumulate_along_rays, (x, torch.rand(n, 3, requires_grad=True), ri, 4)),
+        "accumulate_along_rays": (ops.accumulate_along_rays, (x, dev(n, 3, requires_grad=True), ri, 4)),
         "accumulate_along_rays_none": (ops.accumulate_along_rays, (x, None, ri, 4)),
-        "searchsorted": (ops.searchsorted, (sv, spi, torch.rand(n_q) * 4, qpi)),
+        "searchsorted": (ops.searchsorted, (sv, spi, dev(n_q) * 4, qpi)),
         "importance_sampling": (
             ops.importance_sampling,
-            (sv, cdfs, spi, torch.tensor([2, 0, 1, 3]), torch.full((4,), 0.5)),
+            (sv, cdfs, spi, torch.tensor([2, 0, 1, 3], device=device), torch.full((4,), 0.5, device=device)),
         ),
-        "contract": (
-            ops.contract,
-            (torch.randn(20, 3, requires_grad=True), torch.tensor([-1.0, -1, -1, 1, 1, 1]), False, False),
+        "contract": (ops.contract, (dev(20, 3, fn=torch.randn, requires_grad=True), box, False, False)),
+        "grid_ema_update": (
+            ops.grid_ema_update,
+            (dev(64), torch.randint(0, 64, (30,), device=device), dev(30), 0.9),
         ),
-        "grid_ema_update": (ops.grid_ema_update, (torch.rand(64), torch.randint(0, 64, (30,)), torch.rand(30), 0.9)),
         "scan_sum": (ops.scan, (x, packed_info, False, False)),
-        "uncontract": (
-            ops.contract,
-            (torch.rand(20, 3, requires_grad=True) * 0.8 + 0.1, torch.tensor([-1.0, -1, -1, 1, 1, 1]), True, True),
-        ),
+        "uncontract": (ops.contract, ((dev(20, 3) * 0.8 + 0.1).requires_grad_(), box, True, True)),
         # the backward ops are registered too (double backward goes through them)
         "scan_backward": (
             ops.scan_backward,
-            (torch.randn(n, requires_grad=True), x.detach(), x.detach().cumprod(0), packed_info, True, True),
+            (dev(n, fn=torch.randn, requires_grad=True), x.detach(), x.detach().cumprod(0), packed_info, True, True),
         ),
         "render_weight_from_density_backward": (
             ops.render_weight_from_density_backward,
-            (*[torch.randn(n, requires_grad=True) for _ in range(3)], t0, t1, x.detach(), trans, alphas, packed_info),
+            (
+                *[dev(n, fn=torch.randn, requires_grad=True) for _ in range(3)],
+                t0,
+                t1,
+                x.detach(),
+                trans,
+                alphas,
+                packed_info,
+            ),
         ),
         "render_weight_from_alpha_backward": (
             ops.render_weight_from_alpha_backward,
-            (torch.randn(n, requires_grad=True), torch.randn(n), x.detach() * 0.5, trans, packed_info),
+            (dev(n, fn=torch.randn, requires_grad=True), dev(n, fn=torch.randn), x.detach() * 0.5, trans, packed_info),
         ),
         "accumulate_along_rays_backward": (
             ops.accumulate_along_rays_backward,
-            (
-                torch.randn(4, 3, requires_grad=True),
-                x.detach(),
-                torch.rand(n, 3),
-                ri,
-            ),
+            (dev(4, 3, fn=torch.randn, requires_grad=True), x.detach(), dev(n, 3), ri),
         ),
         "contract_backward": (
             ops.contract_backward,
-            (
-                torch.randn(20, 3, requires_grad=True),
-                torch.randn(20, 3),
-                torch.tensor([-1.0, -1, -1, 1, 1, 1]),
-                False,
-                False,
-            ),
+            (dev(20, 3, fn=torch.randn, requires_grad=True), dev(20, 3, fn=torch.randn), box, False, False),
         ),
     }
 
@@ -574,6 +605,7 @@ OPCHECK_CASES = [
     "traverse_grids",
     "scan",
     "render_weight_from_density",
+    "render_weight_from_density_covers_all",
     "render_weight_from_alpha",
     "accumulate_along_rays",
     "accumulate_along_rays_none",
@@ -597,27 +629,29 @@ EAGER_DOUBLE_BACKWARD = {"scan_backward", "render_weight_from_density_backward",
 
 
 @pytest.mark.parametrize("case", OPCHECK_CASES)
-def test_opcheck(cpp, case):
-    op, args = _opcheck_cases()[case]
+def test_opcheck(K, case):  # noqa: N803
+    _, device = K
+    op, args = _opcheck_cases(device)[case]
     if case in EAGER_DOUBLE_BACKWARD:
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
     else:
         torch.library.opcheck(op, args)
 
 
-def test_torch_compile_smoke(cpp):
+def test_torch_compile_smoke(K):  # noqa: N803
     """torch.compile (aot_eager: no C++ codegen needed) traces through the ops, forward and backward."""
-    packed_info, n = _packed([5, 0, 3, 7], False)
-    ri = torch.repeat_interleave(torch.arange(4), packed_info[:, 1])
+    _, device = K
+    packed_info, n = _packed([5, 0, 3, 7], False, device)
+    ri = torch.repeat_interleave(torch.arange(4, device=device), packed_info[:, 1])
 
     def render(t0, t1, sigmas, rgb):
-        w, _, _ = torch.ops.nerfaccel.render_weight_from_density(t0, t1, sigmas, packed_info)
+        w, _, _ = torch.ops.nerfaccel.render_weight_from_density(t0, t1, sigmas, packed_info, True)
         return torch.ops.nerfaccel.accumulate_along_rays(w, rgb, ri, 4)
 
-    t0 = torch.rand(n)
+    t0 = torch.rand(n, device=device)
     t1 = t0 + 0.1
-    sigmas = torch.rand(n, requires_grad=True)
-    rgb = torch.rand(n, 3, requires_grad=True)
+    sigmas = torch.rand(n, device=device, requires_grad=True)
+    rgb = torch.rand(n, 3, device=device, requires_grad=True)
     compiled = torch.compile(render, backend="aot_eager", fullgraph=True)
     out = compiled(t0, t1, sigmas, rgb)
     cot = torch.randn_like(out)
@@ -630,21 +664,23 @@ def test_torch_compile_smoke(cpp):
         _close(g, r)
 
 
-def test_double_backward(cpp):
+def test_double_backward(K):  # noqa: N803
     """Second order goes through the reference (registered autograd of the backward ops)."""
-    packed_info, n = _packed([3, 0, 4], False)
-    x = torch.rand(n, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradgradcheck(lambda a: cpp._exclusive_prod(a, packed_info), (x,))
-    t0 = torch.rand(n, dtype=torch.float64)
+    ext, device = K
+    packed_info, n = _packed([3, 0, 4], False, device)
+    x = torch.rand(n, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda a: ext._exclusive_prod(a, packed_info), (x,))
+    t0 = torch.rand(n, dtype=torch.float64, device=device)
     t1 = (t0 + 0.5).requires_grad_()
-    assert torch.autograd.gradgradcheck(lambda b, c: cpp._render_weight_from_density(t0, b, c, packed_info), (t1, x))
-    assert torch.autograd.gradgradcheck(lambda a: cpp._render_weight_from_alpha(a, packed_info), (x * 0.5,))
-    ri = torch.tensor([0, 1, 1, 2, 0, 2, 2])
-    v = torch.rand(n, 2, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradgradcheck(lambda w, vv: cpp._accumulate_along_rays(w, vv, ri, 3), (x, v))
-    pts = (torch.randn(10, 3, dtype=torch.float64) * 2).requires_grad_()
-    aabb = torch.tensor([-1.0, -1, -1, 1, 1, 1], dtype=torch.float64)
-    assert torch.autograd.gradgradcheck(lambda a: cpp._contract(a, aabb, "l2"), (pts,))
+    assert torch.autograd.gradgradcheck(lambda b, c: ext._render_weight_from_density(t0, b, c, packed_info), (t1, x))
+    assert torch.autograd.gradgradcheck(lambda a: ext._render_weight_from_alpha(a, packed_info), (x * 0.5,))
+    ri = torch.tensor([0, 1, 1, 2, 0, 2, 2], device=device)
+    v = torch.rand(n, 2, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda w, vv: ext._accumulate_along_rays(w, vv, ri, 3), (x, v))
+    assert torch.autograd.gradgradcheck(lambda w: ext._accumulate_along_rays(w, None, ri, 3), (x,))
+    pts = (torch.randn(10, 3, dtype=torch.float64, device=device) * 2).requires_grad_()
+    aabb = torch.tensor([-1.0, -1, -1, 1, 1, 1], dtype=torch.float64, device=device)
+    assert torch.autograd.gradgradcheck(lambda a: ext._contract(a, aabb, "l2"), (pts,))
 
 
 def test_cpu_accumulate_parallel_pass_is_exact(cpp) -> None:
@@ -664,3 +700,286 @@ def test_cpu_accumulate_parallel_pass_is_exact(cpp) -> None:
     assert torch.equal(par, seq)
     ref = R._accumulate_along_rays(w[shuffled], v[shuffled], ri[shuffled], n_rays)
     assert torch.allclose(par, ref, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Audit regressions: overlapping chunks, grad_out shapes, covers_all, searchsorted rule, contraction at
+# infinity, symbol isolation, non-default CUDA streams
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [[[0, 2], [0, 2]], [[0, 3], [2, 2]], [[2, 2], [0, 3]], [[0, 4], [1, 0], [1, 2]]])
+def test_overlapping_chunks_are_rejected_on_cpu(cpp, bad):
+    """Overlapping chunks whose counts add up to n used to pass for "covering everything" (so the pass over the
+    samples outside every chunk was skipped and uninitialised memory came back for them); they are an error."""
+    n = 4
+    x = torch.rand(n)
+    pi = torch.tensor(bad, dtype=torch.long)
+    ops = torch.ops.nerfaccel
+    module = build_module()
+    calls = {
+        "scan": lambda: ops.scan(x, pi, False, False),
+        "render_weight_from_alpha": lambda: ops.render_weight_from_alpha(x * 0.5, pi),
+        "render_weight_from_density": lambda: ops.render_weight_from_density(x, x + 1, x, pi),
+        "render_weight_from_density_backward": lambda: ops.render_weight_from_density_backward(
+            x, x, x, x, x + 1, x, x, x, pi
+        ),
+        "render_density_fwd_fused": lambda: module.render_density_fwd_fused(x, x + 1, x, pi),
+        "searchsorted (query)": lambda: ops.searchsorted(x.sort().values, torch.tensor([[0, 2]] * len(bad)), x, pi),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match="overlap"):
+            call()
+        assert name  # (for the traceback)
+    # read-only chunks may overlap (the sorted side of a search)
+    queries = torch.tensor([[0, 1]] + [[1, 3]] + [[4, 0]] * (len(bad) - 2))
+    ops.searchsorted(x.sort().values, pi, x, queries)
+
+
+def test_overlapping_packed_info_through_the_public_api_is_an_error(cpp):
+    """The audit's reproduction: render_weight_from_density(..., packed_info=[[0, 2], [0, 2]]) with 4 samples."""
+    import nerfaccel_plugin as nacc
+
+    t0 = torch.rand(4)
+    with pytest.raises(ValueError, match="overlap"):
+        nacc.render_weight_from_density(t0, t0 + 0.1, torch.rand(4), packed_info=torch.tensor([[0, 2], [0, 2]]))
+
+
+def build_module():
+    from nerfaccel_plugin._ext import build
+
+    return build.get_module("cpp")
+
+
+def test_chunks_out_of_order_still_cover_their_samples(K):  # noqa: N803
+    """Disjoint chunks in any order (and gaps) are valid: results match the reference, forward and backward."""
+    ext, device = K
+    pi = torch.tensor([[5, 3], [0, 2], [8, 0], [2, 2]], device=device)  # sample 4 in no chunk
+    n = 8
+    t0 = torch.rand(n, device=device)
+    _compare_fwd_bwd(
+        lambda a, b, c: R._render_weight_from_density(a, b, c, pi),
+        lambda a, b, c: ext._render_weight_from_density(a, b, c, pi),
+        [t0, t0 + 0.3, torch.rand(n, device=device) * 3],
+    )
+    x = torch.rand(n, device=device)
+    _compare_fwd_bwd(lambda a: R._inclusive_prod(a, pi), lambda a: ext._inclusive_prod(a, pi), [x])
+
+
+@pytest.mark.parametrize("values_dim", [None, 3])
+def test_accumulate_backward_checks_grad_out_shape(K, values_dim):  # noqa: N803
+    """A grad_out of the wrong shape used to be read out of bounds (heap corruption); now a ValueError."""
+    _, device = K
+    n, n_rays = 6, 3
+    w = torch.rand(n, device=device)
+    v = None if values_dim is None else torch.rand(n, values_dim, device=device)
+    ri = torch.tensor([0, 0, 1, 1, 2, 2], device=device)
+    op = torch.ops.nerfaccel.accumulate_along_rays_backward
+    dim = 1 if values_dim is None else values_dim
+    good = torch.rand(n_rays, dim, device=device)
+    op(good, w, v, ri)
+    for bad in [
+        torch.rand(n_rays, dim + 2, device=device),  # wider than the values
+        torch.rand(n_rays * dim, device=device),  # flat
+        torch.rand(n_rays, dim, 1, device=device),
+        torch.rand(n_rays, 0, device=device),
+    ]:
+        with pytest.raises(ValueError, match="grad_out"):
+            op(bad, w, v, ri)
+    if values_dim is None:
+        with pytest.raises(ValueError, match="grad_out"):
+            op(torch.rand(n_rays, 3, device=device), w, None, ri)  # no values: width 1
+
+
+def test_covers_all_mark_and_flag(cpp, monkeypatch):
+    """mark_covering(packed_info, n) makes the primitive pass covers_all=True to the kernels (the CUDA build then
+    skips its pass over all samples); copies, in-place changes, another n and freed tensors drop the mark."""
+    import gc
+
+    from nerfaccel_plugin import _backend, pack_info
+    from nerfaccel_plugin._ext import build
+
+    ray_ids = torch.tensor([0, 0, 1, 3, 3, 3])
+    pi = pack_info(ray_ids, 4)
+    assert not _backend.is_marked_covering(pi, 6)
+    assert _backend.mark_covering(pi, 6) is pi
+    assert _backend.is_marked_covering(pi, 6)
+    assert not _backend.is_marked_covering(pi, 7)
+    assert not _backend.is_marked_covering(pi.clone(), 6)
+
+    seen = []
+    real = build.get_module("cpp")
+
+    class Recorder:
+        def __getattr__(self, name):
+            attr = getattr(real, name)
+            if name not in ("render_density_fwd", "render_density_bwd"):
+                return attr
+
+            def call(*args):
+                seen.append((name, args[-1]))
+                return attr(*args)
+
+            return call
+
+    monkeypatch.setattr(build, "get_module", lambda kind: Recorder())
+    t0 = torch.rand(6)
+    sig = torch.rand(6, requires_grad=True)
+    w, _, _ = cpp._render_weight_from_density(t0, t0 + 0.2, sig, pi)
+    w.sum().backward()
+    assert seen == [("render_density_fwd", True), ("render_density_bwd", True)]
+    ref = R._render_weight_from_density(t0, t0 + 0.2, sig.detach(), pi)
+    _close(w.detach(), ref[0])
+    pi[0, 1] = 2  # in place: no longer trusted
+    assert not _backend.is_marked_covering(pi, 6)
+    seen.clear()
+    cpp._render_weight_from_density(t0, t0 + 0.2, sig.detach(), pack_info(ray_ids, 4))  # unmarked
+    assert seen == [("render_density_fwd", False)]
+    key = id(pi)
+    _backend.mark_covering(pi, 6)
+    del pi
+    gc.collect()
+    assert key not in _backend._covering
+
+
+def _nerfacc_searchsorted(sorted_vals, spi, query_vals, qpi):
+    """nerfacc 0.5.2's searchsorted_kernel (pdf.cu), written out per query: upper_bound over [base, last) with
+    !(v > q), then left = max(min(p - 1, last), base), right = max(min(p, last), base)."""
+    left = torch.zeros(query_vals.numel(), dtype=torch.long)
+    right = torch.zeros_like(left)
+    for r in range(spi.shape[0]):
+        base, cnt = int(spi[r, 0]), int(spi[r, 1])
+        last = base + cnt - 1
+        for i in range(int(qpi[r, 0]), int(qpi[r, 0] + qpi[r, 1])):
+            lo, hi = base, last
+            while lo < hi:
+                mid = lo + (hi - lo) // 2
+                if not (sorted_vals[mid] > query_vals[i]):
+                    lo = mid + 1
+                else:
+                    hi = mid
+            left[i] = max(min(lo - 1, last), base)
+            right[i] = max(min(lo, last), base)
+    return left, right
+
+
+def test_searchsorted_follows_nerfacc_rule(K):  # noqa: N803
+    """Below the range (base, base), at or above the last entry (last - 1, last), one-entry chunks (base, base),
+    exact hits, NaN and infinite queries: the same indices as nerfacc 0.5.2's kernel."""
+    ext, device = K
+    sv = torch.tensor([1.0, 2.0, 3.0, 4.0, 10.0, 20.0, 5.0, 6.0])
+    spi = torch.tensor([[0, 4], [4, 1], [5, 1], [6, 2], [8, 0]])
+    q = [
+        [-5.0, 0.999, 1.0, 1.5, 2.0, 3.5, 4.0, 9.0, math.inf, -math.inf, math.nan],
+        [0.0, 10.0, 11.0],
+        [25.0],
+        [4.0, 5.0, 5.5, 6.0, 7.0],
+        [1.0],
+    ]
+    qv = torch.tensor([x for row in q for x in row])
+    counts = torch.tensor([len(row) for row in q])
+    qpi = torch.stack([counts.cumsum(0) - counts, counts], -1)
+    want = _nerfacc_searchsorted(sv, spi, qv, qpi)
+    got = ext._searchsorted(sv.to(device), spi.to(device), qv.to(device), qpi.to(device))
+    # nerfacc leaves the index of an empty chunk at its (here out-of-range) start; both builds clamp it to numel - 1
+    want[0][-1] = want[1][-1] = sv.numel() - 1
+    assert got[0].cpu().tolist() == want[0].tolist()
+    assert got[1].cpu().tolist() == want[1].tolist()
+    assert got[0].cpu().tolist()[:2] == [0, 0] and got[1].cpu().tolist()[:2] == [0, 0]  # below: (base, base)
+    assert got[0].cpu().tolist()[8] == 2 and got[1].cpu().tolist()[8] == 3  # above: (last - 1, last)
+
+
+def test_searchsorted_random_matches_nerfacc_rule(K):  # noqa: N803
+    ext, device = K
+    counts = [0, 1, 2, 5, 30, 0, 17]
+    sv, spi = _sorted_packed(counts, "cpu")
+    qpi, nq = _packed([3, 4, 0, 6, 50, 2, 9], False)
+    qv = torch.rand(nq) * (sv.max() - sv.min() + 2) + sv.min() - 1
+    qv[:3] = sv[5:8]  # exact hits
+    want = _nerfacc_searchsorted(sv, spi, qv, qpi)
+    got = ext._searchsorted(sv.to(device), spi.to(device), qv.to(device), qpi.to(device))
+    assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_contract_at_infinity_is_the_limit(K, dtype):  # noqa: N803
+    """Infinite coordinates give the point on the outer shell in their direction (was NaN), with gradient 0."""
+    ext, device = K
+    inf = math.inf
+    aabb = torch.tensor([-1.0, -1, -1, 1, 1, 1], dtype=dtype, device=device)
+    x = torch.tensor(
+        [[inf, 0, 0], [-inf, 3, 0.5], [0, 0, inf], [inf, -inf, 0], [1e30, 0, 0], [math.nan, inf, 0], [0.5, 0, 0]],
+        dtype=dtype,
+        device=device,
+    )
+    h = 0.5 * 2**-0.5
+    want_l2 = [[1, 0.5, 0.5], [0, 0.5, 0.5], [0.5, 0.5, 1], [0.5 + h, 0.5 - h, 0.5], [1, 0.5, 0.5]]
+    want_linf = [[1, 0.5, 0.5], [0, 0.5, 0.5], [0.5, 0.5, 1], [1, 0, 0.5], [1, 0.5, 0.5]]
+    for ord, want in (("l2", want_l2), ("linf", want_linf)):
+        xg = x.clone().requires_grad_()
+        y = ext._contract(xg, aabb, ord)
+        (g,) = torch.autograd.grad(y, xg, torch.ones_like(y))
+        _close(y[:5].detach(), torch.tensor(want, dtype=dtype, device=device))
+        assert torch.equal(g[:4].cpu(), torch.zeros(4, 3, dtype=dtype))
+        assert float(g[4].abs().max()) < 1e-29  # (float32: |z|^2 overflows, the limit; float64: the formula)
+        assert torch.isnan(y[5]).all()  # NaN stays NaN
+        _close(y[6].detach(), R._contract(x[6:], aabb, ord)[0])
+
+
+def test_extension_symbols_are_private_to_each_build(cpp):
+    """Every exported nerfaccel:: symbol of a build lives in its own inline namespace (cpu_build / cuda_build), so
+    the two extensions loaded together with RTLD_GLOBAL cannot bind to each other's definitions."""
+    import shutil
+    import subprocess
+
+    from nerfaccel_plugin._ext import build
+
+    if shutil.which("nm") is None:
+        pytest.skip("needs nm (binutils)")
+    files = {"cpu_build": build.get_module("cpp").__file__}
+    if build._toolchain_problem("cuda") is None:
+        key = build.jit_key("cuda")
+        cuda = build._built_file(build.build_dir("cuda", key), build.module_name("cuda", key))
+        if cuda is not None:
+            files["cuda_build"] = str(cuda)
+    names = {}
+    for ns, path in files.items():
+        out = subprocess.run(["nm", "-DC", "--defined-only", path], capture_output=True, text=True, check=True).stdout
+        syms = [line.split(" ", 2)[-1] for line in out.splitlines() if "nerfaccel::" in line]
+        assert syms, f"no nerfaccel symbols found in {path}"
+        assert all(f"nerfaccel::{ns}::" in sym for sym in syms), [sym for sym in syms if ns not in sym][:5]
+        names[ns] = set(syms)
+    if len(names) == 2:
+        assert not names["cpu_build"] & names["cuda_build"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_ops_run_on_the_current_stream(cuda_ext):
+    """On a non-default stream, the kernels (and their ATen helpers) run after the work queued on that stream."""
+    ext = cuda_ext
+    packed_info, n = _packed([5, 0, 300, 7, 1000], True, "cuda")
+    ri = torch.repeat_interleave(torch.arange(5, device="cuda"), packed_info[:, 1])
+    t0_src = torch.rand(n, device="cuda")
+    sig_src = torch.rand(n, device="cuda")
+    v_src = torch.rand(n, 3, device="cuda")
+    o, d = _rays(256, "cuda")
+    binaries = torch.rand(1, 32, 32, 32, device="cuda") > 0.5
+    aabbs = torch.tensor([[-1.0, -1, -1, 1, 1, 1]], device="cuda")
+    near, far = torch.zeros(256, device="cuda"), torch.full((256,), 1e10, device="cuda")
+
+    def run(t0, sig, vals, oo):
+        w, trans, alphas = ext._render_weight_from_density(t0, t0 + 0.01, sig, packed_info)
+        rgb = ext._accumulate_along_rays(w, vals, torch.sort(ri).values, 5)
+        scan = ext._inclusive_sum(sig, packed_info)
+        trav = ext._traverse_grids(oo, d, binaries, aabbs, near, far, 0.01, 0.0)
+        return [w, trans, alphas, rgb, scan, *trav]
+
+    expected = run(t0_src, sig_src, v_src, o)
+    torch.cuda.synchronize()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        torch.cuda._sleep(200_000_000)  # the inputs below are only ready long after this
+        got = run(t0_src * 1.0, sig_src * 1.0, v_src * 1.0, o * 1.0)
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    for a, b in zip(got, expected, strict=True):
+        assert torch.equal(a, b)

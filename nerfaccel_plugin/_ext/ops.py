@@ -114,15 +114,19 @@ scan.register_autograd(_scan_bwd, setup_context=_scan_setup)
 # ---------------------------------------------------------------------------------------------
 # Volume rendering
 # ---------------------------------------------------------------------------------------------
+# covers_all: the caller knows the chunks tile the samples contiguously (packed_info from pack_info or a batched
+# layout), so the CUDA kernels skip their pass over all samples for the ones outside every chunk (finding out
+# would cost a device sync). The CPU kernels check it themselves and ignore the flag. A wrong True leaves the
+# alphas (alpha gradients) of uncovered samples unset on CUDA.
 @torch.library.custom_op(f"{_NS}::render_weight_from_density", mutates_args=(), device_types=_DEVICES)
 def render_weight_from_density(
-    t_starts: Tensor, t_ends: Tensor, sigmas: Tensor, packed_info: Tensor
+    t_starts: Tensor, t_ends: Tensor, sigmas: Tensor, packed_info: Tensor, covers_all: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return tuple(_ext(sigmas).render_density_fwd(t_starts, t_ends, sigmas, packed_info))
+    return tuple(_ext(sigmas).render_density_fwd(t_starts, t_ends, sigmas, packed_info, covers_all))
 
 
 @render_weight_from_density.register_fake
-def _(t_starts, t_ends, sigmas, packed_info):
+def _(t_starts, t_ends, sigmas, packed_info, covers_all=False):
     return torch.empty_like(sigmas), torch.empty_like(sigmas), torch.empty_like(sigmas)
 
 
@@ -137,22 +141,24 @@ def render_weight_from_density_backward(
     trans: Tensor,
     alphas: Tensor,
     packed_info: Tensor,
+    covers_all: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(
         _ext(sigmas).render_density_bwd(
-            grad_weights, grad_trans, grad_alphas, t_starts, t_ends, sigmas, trans, alphas, packed_info
+            grad_weights, grad_trans, grad_alphas, t_starts, t_ends, sigmas, trans, alphas, packed_info, covers_all
         )
     )
 
 
 @render_weight_from_density_backward.register_fake
-def _(grad_weights, grad_trans, grad_alphas, t_starts, t_ends, sigmas, trans, alphas, packed_info):
+def _(grad_weights, grad_trans, grad_alphas, t_starts, t_ends, sigmas, trans, alphas, packed_info, covers_all=False):
     return torch.empty_like(sigmas), torch.empty_like(sigmas), torch.empty_like(sigmas)
 
 
 def _density_setup(ctx, inputs, output):
-    t_starts, t_ends, sigmas, packed_info = inputs
+    t_starts, t_ends, sigmas, packed_info, covers_all = inputs
     _, trans, alphas = output
+    ctx.covers_all = covers_all
     ctx.save_for_backward(t_starts, t_ends, sigmas, trans, alphas, packed_info)
 
 
@@ -168,8 +174,9 @@ def _density_bwd(ctx, g_w, g_t, g_a):
         trans,
         alphas,
         packed_info,
+        ctx.covers_all,
     )
-    return g0, g1, gs, None
+    return g0, g1, gs, None, None
 
 
 render_weight_from_density.register_autograd(_density_bwd, setup_context=_density_setup)
@@ -444,14 +451,14 @@ def _scan_bwd_bwd(ctx, h):
 
 
 def _density_bwd_bwd(ctx, h0, h1, hs):
-    gw, gt, ga, t0, t1, sig, _, _, packed_info = ctx.inputs
+    gw, gt, ga, t0, t1, sig, _, _, packed_info, _ = ctx.inputs
     g_cots, g_diff = _second_order(
         lambda a, b, c: _ref()._render_weight_from_density(a, b, c, packed_info),
         [t0, t1, sig],
         [gw, gt, ga],
         [h0, h1, hs],
     )
-    return (*g_cots, *g_diff, None, None, None)
+    return (*g_cots, *g_diff, None, None, None, None)
 
 
 def _alpha_bwd_bwd(ctx, h):
@@ -552,10 +559,16 @@ _inclusive_prod = _make_scan(True, False)
 _exclusive_prod = _make_scan(True, True)
 
 
-def _render_weight_from_density(t_starts, t_ends, sigmas, packed_info):
+def _render_weight_from_density(t_starts, t_ends, sigmas, packed_info, covers_all=None):
+    """``covers_all`` (default: whether ``packed_info`` was marked with :func:`nerfaccel_plugin._backend.mark_covering`)
+    lets the CUDA kernels skip the pass for samples outside every chunk."""
     dt = _common(t_starts, t_ends, sigmas)
+    if covers_all is None:
+        from .. import _backend
+
+        covers_all = _backend.is_marked_covering(packed_info, sigmas.numel())
     return torch.ops.nerfaccel.render_weight_from_density(
-        _f(t_starts, dt), _f(t_ends, dt), _f(sigmas, dt), _i(packed_info)
+        _f(t_starts, dt), _f(t_ends, dt), _f(sigmas, dt), _i(packed_info), bool(covers_all)
     )
 
 

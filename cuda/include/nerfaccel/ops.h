@@ -29,11 +29,15 @@ Tensors3 traverse_grids(const Tensor& rays_o, const Tensor& rays_d, const Tensor
 Tensor scan_fwd(const Tensor& inputs, const Tensor& packed_info, bool prod, bool exclusive);
 Tensor scan_bwd(const Tensor& grad, const Tensor& inputs, const Tensor& outputs, const Tensor& packed_info, bool prod,
                 bool exclusive);
+// covers_all: the caller knows that the chunks tile [0, n) contiguously (packed_info built by pack_info or for a
+// batched layout), so no sample lies outside every chunk and the separate pass over all samples for their alphas
+// (gradients) can be skipped. The CUDA build trusts it (knowing it otherwise takes a device sync); the CPU build
+// ignores it and checks on the host, which is cheap there.
 Tensors3 render_density_fwd(const Tensor& t_starts, const Tensor& t_ends, const Tensor& sigmas,
-                            const Tensor& packed_info);
+                            const Tensor& packed_info, bool covers_all);
 Tensors3 render_density_bwd(const Tensor& g_w, const Tensor& g_trans, const Tensor& g_alpha, const Tensor& t_starts,
                             const Tensor& t_ends, const Tensor& sigmas, const Tensor& trans, const Tensor& alphas,
-                            const Tensor& packed_info);
+                            const Tensor& packed_info, bool covers_all);
 Tensors2 render_alpha_fwd(const Tensor& alphas, const Tensor& packed_info);
 Tensor render_alpha_bwd(const Tensor& g_w, const Tensor& g_trans, const Tensor& alphas, const Tensor& trans,
                         const Tensor& packed_info);
