@@ -539,7 +539,8 @@ def _contract(x: Float[Tensor, "n 3"], aabb: Float[Tensor, " 6"], ord: str) -> F
 
     The norm is taken of ``z`` scaled by its largest magnitude, so huge finite points do not overflow;
     points with infinite coordinates get the limit: ``2 d/|d|`` with ``d`` the sign of the infinite
-    coordinates and 0 elsewhere (``[inf, 0, 0] -> [1, 0.5, 0.5]``), with a zero gradient there.
+    coordinates and 0 elsewhere (``[inf, 0, 0] -> [1, 0.5, 0.5]``), with a zero gradient there. A point
+    with a NaN coordinate maps to NaN in all three.
     """
     center = (aabb[:3] + aabb[3:]) * 0.5
     half = (aabb[3:] - aabb[:3]) * 0.5
@@ -558,6 +559,8 @@ def _contract(x: Float[Tensor, "n 3"], aabb: Float[Tensor, " 6"], ord: str) -> F
     zc = torch.where(outside, (2.0 - 1.0 / m_safe) * (u / nu_safe), z_fin)
     direction = torch.where(inf_mask, torch.sign(z), torch.zeros_like(z))
     zc = torch.where(has_inf, 2.0 * direction / _norm(direction, ord).clamp(min=1.0), zc)
+    # A NaN coordinate makes the whole point NaN (its norm is undefined), as in the compiled kernels.
+    zc = torch.where(torch.isnan(z).any(dim=-1, keepdim=True), torch.full_like(zc, float("nan")), zc)
     return zc * 0.25 + 0.5
 
 

@@ -8,6 +8,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from . import _backend
 from . import _validation as check
 
 
@@ -33,11 +34,21 @@ def pack_info(ray_indices: Int[Tensor, " n_samples"], n_rays: Optional[int] = No
     if n_rays is None:
         n_rays = int(ray_indices.max().item()) + 1 if ray_indices.numel() > 0 else 0
     ray_indices = check.ray_indices(ray_indices, ray_indices.shape[0], n_rays)
-    counts = torch.bincount(ray_indices, minlength=n_rays)[:n_rays] if ray_indices.numel() else None
-    if counts is None:
+    if ray_indices.numel():
+        counts = torch.bincount(ray_indices, minlength=n_rays)
+        # bincount's length (known on the host) exceeds n_rays only for out-of-range indices (possible with the
+        # value checks off); otherwise the chunks tile [0, n_samples) in order, which lets the CUDA density
+        # kernels skip their pass over samples outside every chunk.
+        tiles = counts.shape[0] == n_rays
+        counts = counts[:n_rays]
+    else:
         counts = torch.zeros(n_rays, dtype=torch.long, device=ray_indices.device)
+        tiles = True
     starts = torch.cumsum(counts, 0) - counts
-    return torch.stack([starts, counts], dim=-1)
+    packed_info = torch.stack([starts, counts], dim=-1)
+    if tiles:
+        _backend.mark_covering(packed_info, ray_indices.shape[0])
+    return packed_info
 
 
 def unpack_info(packed_info: Int[Tensor, "n_rays 2"], n_samples: int) -> Int[Tensor, " n_samples"]:

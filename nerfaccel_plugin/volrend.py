@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from . import _backend
 from . import _validation as check
 from ._backend import get_op
 from .pack import pack_info
@@ -45,7 +46,7 @@ def _layout(
         r = math.prod(ref.shape[:-1])
         starts = torch.arange(r, device=ref.device, dtype=torch.long) * s
         counts = torch.full((r,), s, device=ref.device, dtype=torch.long)
-        return torch.stack([starts, counts], dim=-1), ref.shape
+        return _backend.mark_covering(torch.stack([starts, counts], dim=-1), r * s), ref.shape
     if ref.dim() != 1:
         raise ValueError(
             f"`{ref_name}` must be flattened with shape (all_samples,) when `packed_info` or `ray_indices` is "

@@ -921,6 +921,7 @@ def test_contract_at_infinity_is_the_limit(K, dtype):  # noqa: N803
         assert torch.equal(g[:4].cpu(), torch.zeros(4, 3, dtype=dtype))
         assert float(g[4].abs().max()) < 1e-29  # (float32: |z|^2 overflows, the limit; float64: the formula)
         assert torch.isnan(y[5]).all()  # NaN stays NaN
+        assert torch.isnan(R._contract(x[5:6], aabb, ord)).all()  # and so in the reference
         _close(y[6].detach(), R._contract(x[6:], aabb, ord)[0])
 
 

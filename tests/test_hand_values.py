@@ -219,3 +219,8 @@ def test_contract_reference_at_infinity(dtype):
         assert torch.isfinite(g).all()
         assert (g[:3] == 0).all()
         torch.testing.assert_close(g[4], _t([0.125, 0.125, 0.25], dtype))
+    # A NaN coordinate makes the whole point NaN, also next to an infinity (as in the kernels).
+    nan = float("nan")
+    for ord_ in ("l2", "linf"):
+        y = _contract(_t([[nan, 0, 0], [nan, inf, 0], [0.5, 0.0, 0.0]], dtype), aabb, ord_)
+        assert torch.isnan(y[:2]).all() and torch.isfinite(y[2]).all()

@@ -63,3 +63,25 @@ def test_value_checks_is_per_thread(monkeypatch):
         release.wait(5)
     thread.join(5)
     assert seen == [True]
+
+
+def test_pack_info_and_batched_layout_mark_covering_chunks():
+    from nerfaccel_plugin import _backend, volrend
+
+    ri = torch.tensor([0, 0, 2, 2, 2])
+    pi = nerfacc.pack_info(ri, n_rays=3)
+    assert _backend.is_marked_covering(pi, 5)
+    assert not _backend.is_marked_covering(pi, 4)
+    assert not _backend.is_marked_covering(pi.clone(), 5)  # only this tensor object
+    pi[0, 1] = 1  # an in-place change drops the mark
+    assert not _backend.is_marked_covering(pi, 5)
+    # Out-of-range indices (value checks off) must not be marked: their samples lie outside every chunk.
+    with nerfacc.value_checks(False):
+        bad = nerfacc.pack_info(torch.tensor([0, 1, 5]), n_rays=2)
+    assert bad.tolist() == [[0, 1], [1, 1]]
+    assert not _backend.is_marked_covering(bad, 3)
+    batched, shape = volrend._layout("sigmas", torch.zeros(2, 3, 4), None, None, None)
+    assert shape == (2, 3, 4) and _backend.is_marked_covering(batched, 24)
+    # A user's packed_info is not marked.
+    user = torch.tensor([[0, 2], [2, 3]])
+    assert not _backend.is_marked_covering(volrend._layout("sigmas", torch.zeros(5), user, None, None)[0], 5)
