@@ -85,7 +85,10 @@ def _layout_bytes(form: str, n: int, r: int, passes: int) -> int:
 def build_cases(args, device: torch.device) -> tuple[list[Case], dict]:
     r, spp, res = args.rays, args.spp, args.res
     g = torch.Generator().manual_seed(0)
-    packed_info, ray_indices, t0, t1, n = bu.packed_layout(r, spp, device)
+    _, ray_indices, t0, t1, n = bu.packed_layout(r, spp, device)
+    # packed_info as users get it (from pack_info, like the samplers' output), for both libraries: ours marks it as
+    # tiling the samples, which lets our CUDA density kernels skip a pass.
+    packed_info = ours.pack_info(ray_indices, r)
     rays_o = (torch.rand(r, 3, generator=g) * 0.2 - 0.1).to(device)
     d = torch.randn(r, 3, generator=g)
     rays_d = (d / d.norm(dim=-1, keepdim=True)).to(device)
@@ -545,9 +548,11 @@ def run(args) -> str:
         nf_ok = nerfacc is not None and case.nerfacc and (device.type == "cuda" or case.nerfacc_cpu or any_device)
         t_nf, ratio, diff = None, None, "-"
         if nf_ok:
-            nf_thunk, err_nf = _cell(lambda case=case: case.make(nerfacc))
-            if err_nf is None:
-                t_nf, err_nf = _cell(lambda: bu.time_fn(nf_thunk, device, args.repeat, args.warmup))
+            # Under our env too: nerfacc ignores it, and a self-test module then runs exactly as ours does.
+            with _with_env({**env, "NERFACCEL_BACKEND": kind}):
+                nf_thunk, err_nf = _cell(lambda case=case: case.make(nerfacc))
+                if err_nf is None:
+                    t_nf, err_nf = _cell(lambda: bu.time_fn(nf_thunk, device, args.repeat, args.warmup))
             if err_nf is not None:
                 cells.append(note("nerfacc: " + err_nf))
             else:
@@ -559,7 +564,8 @@ def run(args) -> str:
                 with _with_env({**env, "NERFACCEL_BACKEND": kind}):
                     a, e1 = _cell(lambda: ours_thunk())
                 torch.manual_seed(0)
-                b, e2 = _cell(lambda: nf_thunk())
+                with _with_env({**env, "NERFACCEL_BACKEND": kind}):
+                    b, e2 = _cell(lambda: nf_thunk())
                 diff = _max_diff(a, b) if e1 is None and e2 is None else "error"
         else:
             cells.append("-" if case.nerfacc else "n/a")

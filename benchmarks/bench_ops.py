@@ -114,7 +114,8 @@ def sample_rows(n_rays, spp, device, repeat, warmup):
     rows = []
     t = lambda fn: bu.time_fn(fn, device, repeat, warmup)  # noqa: E731
     g = torch.Generator().manual_seed(n_rays + spp)
-    packed_info, ray_indices, t0, t1, n = bu.packed_layout(n_rays, spp, device, seed=n_rays + spp)
+    _, ray_indices, t0, t1, n = bu.packed_layout(n_rays, spp, device, seed=n_rays + spp)
+    packed_info = nacc.pack_info(ray_indices, n_rays)  # as users get it (marked as tiling the samples)
     sigmas = (torch.rand(n, generator=g) * 5).to(device)
     alphas = (torch.rand(n, generator=g) * 0.1).to(device)
     rgbs = torch.rand(n, 3, generator=g).to(device)
