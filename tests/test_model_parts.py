@@ -319,6 +319,9 @@ def test_vanilla_encoding_uses_the_original_nerf_bands():
         torch.testing.assert_close(got[:, : 6 * levels], expected, rtol=0, atol=2e-3)  # float32 phases up to ~770
         freqs = 2 * math.pi * 2.0 ** torch.linspace(encoding.min_freq, encoding.max_freq, levels, dtype=torch.float64)
         torch.testing.assert_close(freqs, 2.0 ** torch.arange(levels, dtype=torch.float64))
+    cfg.mlp_original_frequencies = False  # runs trained before: Nerfstudio's 2 pi 2^k bands
+    old = cfg.setup(scene_box=SceneBox(AABB * 1.5), num_train_data=4, metadata={}, device="cpu")
+    assert (old.field.position_encoding.min_freq, old.field.position_encoding.max_freq) == (0.0, 9.0)
 
 
 # --- DDP: which models need the unused-parameter search -------------------------------------------------------

@@ -195,6 +195,9 @@ class NerfaccelModelConfig(ModelConfig):
     """Positional-encoding frequencies of positions (vanilla NeRF): sin/cos(2^k x), k < this, as the original."""
     mlp_direction_frequencies: int = 4
     """Positional-encoding frequencies of directions (vanilla NeRF): sin/cos(2^k d), k < this."""
+    mlp_original_frequencies: bool = True
+    """Vanilla NeRF bands as the original paper and nerfacc, sin(2^k x); ``False`` gives Nerfstudio's NeRFEncoding
+    bands sin(2 pi 2^k x) (what nerfaccel-vanilla used before; set it in the config.yml of such a run)."""
 
     # --- rendering and losses ---------------------------------------------------------------------------------
     background_color: Literal["random", "white", "black"] = "random"
@@ -255,19 +258,20 @@ class NerfaccelModel(Model):
                 implementation=impl,
             )
         elif cfg.field_type == "mlp":
+            shift = _NERF_FREQ_SHIFT if cfg.mlp_original_frequencies else 0.0
             self.field = NeRFField(  # bands sin(2^k x) as the original NeRF, see _NERF_FREQ_SHIFT
                 position_encoding=NeRFEncoding(
                     in_dim=3,
                     num_frequencies=cfg.mlp_position_frequencies,
-                    min_freq_exp=_NERF_FREQ_SHIFT,
-                    max_freq_exp=cfg.mlp_position_frequencies - 1.0 + _NERF_FREQ_SHIFT,
+                    min_freq_exp=shift,
+                    max_freq_exp=cfg.mlp_position_frequencies - 1.0 + shift,
                     include_input=True,
                 ),
                 direction_encoding=NeRFEncoding(
                     in_dim=3,
                     num_frequencies=cfg.mlp_direction_frequencies,
-                    min_freq_exp=_NERF_FREQ_SHIFT,
-                    max_freq_exp=cfg.mlp_direction_frequencies - 1.0 + _NERF_FREQ_SHIFT,
+                    min_freq_exp=shift,
+                    max_freq_exp=cfg.mlp_direction_frequencies - 1.0 + shift,
                     include_input=True,
                 ),
                 base_mlp_num_layers=cfg.mlp_num_layers,
