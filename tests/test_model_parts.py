@@ -366,3 +366,37 @@ def test_occupancy_models_use_every_parameter_in_a_training_step(name):
     proposal.num_levels, proposal.max_res, proposal.log2_hashmap_size = 4, 64, 10
     proposal.proposal_max_res, proposal.proposal_log2_hashmap_size = (32, 32), 10
     assert needs_unused_parameter_search(proposal.setup(scene_box=SceneBox(AABB), num_train_data=4, metadata={}))
+
+
+@pytest.mark.parametrize(
+    ("setting", "device_type", "expected"),
+    [("auto", "cpu", True), ("auto", "cuda", False), ("never", "cpu", False), ("always", "cuda", True)],
+)
+def test_forward_sets_the_value_checks(monkeypatch, setting, device_type, expected):
+    """The per-step value checks (GPU syncs) follow ``value_checks``: on for CPU tensors, off on a GPU by default."""
+    from nerfaccel_plugin import _validation
+
+    model = _small_model(value_checks=setting)
+    assert model._value_checks_enabled(torch.device(device_type)) is expected
+    seen = []
+    monkeypatch.setattr(model, "get_outputs", lambda bundle: seen.append(_validation.value_checks_enabled()) or {})
+    monkeypatch.setattr(model, "_value_checks_enabled", lambda device: expected)
+    model(_ray_bundle(4))
+    assert seen == [expected]
+    assert _validation.value_checks_enabled()  # restored after the forward
+
+
+def test_unsorted_samples_are_caught_in_a_cpu_forward(monkeypatch):
+    """With checks on (the CPU default) a sampler bug that unsorts the ray indices is an error, not a wrong image."""
+    model = _small_model()
+    model.occupancy_grid.binaries.fill_(True)
+    real = model.sampler.forward
+
+    def unsorted(bundle, *args, **kwargs):
+        samples, ray_indices = real(bundle, *args, **kwargs)
+        return samples, ray_indices.flip(0)
+
+    monkeypatch.setattr(model.sampler, "forward", unsorted)
+    model.config.eval_march_steps = 0
+    with pytest.raises(ValueError, match="ray_indices"):
+        model(_ray_bundle(8))

@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.nn import Parameter
 
 from .. import ns_compat
+from .._validation import value_checks
 from ..fields.contraction import AabbContraction
 from ..fields.dynamic_field import TimeHashField
 from ..fields.hash_encoding import use_nerfaccel_hash_encoding
@@ -183,6 +184,10 @@ class NerfaccelModelConfig(ModelConfig):
     cpu_hash_kernel: bool = True
     """Run hash encodings on CPU tensors through nerfaccel's fused C++ kernel (same parameters and results as
     Nerfstudio's torch path, several times faster); tiny-cuda-nn / GPU encodings are untouched."""
+    value_checks: Literal["auto", "always", "never"] = "auto"
+    """nerfaccel's input checks that read tensor values (NaN rays, sorted ray indices, index ranges) inside each
+    forward pass: each is a host synchronization on a GPU, and the model builds those inputs with its own
+    samplers. ``auto`` runs them on the CPU and skips them on a GPU; type, shape and device checks always run."""
     time_frequencies: int = 6
     """Frequencies of the time encoding (``time-hash`` field)."""
 
@@ -587,9 +592,15 @@ class NerfaccelModel(Model):
         images = {"img": torch.cat([image, rgb], dim=1), "accumulation": acc, "depth": depth}
         return metrics, images
 
+    def _value_checks_enabled(self, device: torch.device) -> bool:
+        if self.config.value_checks == "auto":
+            return device.type == "cpu"
+        return self.config.value_checks == "always"
+
     def forward(self, ray_bundle: RayBundle) -> dict[str, Tensor]:  # type: ignore[override]
         """Runs the model on a ray bundle (no collider: the samplers bound the rays)."""
-        return self.get_outputs(ray_bundle)
+        with value_checks(self._value_checks_enabled(ray_bundle.origins.device)):
+            return self.get_outputs(ray_bundle)
 
 
 __all__ = ["NerfaccelModel", "NerfaccelModelConfig", "RaySamples"]
