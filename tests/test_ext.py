@@ -798,7 +798,8 @@ def test_covers_all_mark_and_flag(cpp, monkeypatch):
     from nerfaccel_plugin._ext import build
 
     ray_ids = torch.tensor([0, 0, 1, 3, 3, 3])
-    pi = pack_info(ray_ids, 4)
+    assert _backend.is_marked_covering(pack_info(ray_ids, 4), 6)  # pack_info marks what it builds
+    pi = pack_info(ray_ids, 4).clone()  # a user's copy is not marked
     assert not _backend.is_marked_covering(pi, 6)
     assert _backend.mark_covering(pi, 6) is pi
     assert _backend.is_marked_covering(pi, 6)
