@@ -832,7 +832,7 @@ def test_covers_all_mark_and_flag(cpp, monkeypatch):
     pi[0, 1] = 2  # in place: no longer trusted
     assert not _backend.is_marked_covering(pi, 6)
     seen.clear()
-    cpp._render_weight_from_density(t0, t0 + 0.2, sig.detach(), pack_info(ray_ids, 4))  # unmarked
+    cpp._render_weight_from_density(t0, t0 + 0.2, sig.detach(), pack_info(ray_ids, 4).clone())  # unmarked
     assert seen == [("render_density_fwd", False)]
     key = id(pi)
     _backend.mark_covering(pi, 6)
