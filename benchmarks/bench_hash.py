@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from nerfstudio.field_components.encodings import HashEncoding
 
-from nerfaccel_plugin.fields.hash_encoding import hash_kernel_available, use_nerfaccel_hash_encoding
+from nerfaccel_plugin.ns.fields.hash_encoding import hash_kernel_available, use_nerfaccel_hash_encoding
 
 CONFIGS = {"CPU configs (8 levels, 512, 2^17)": (8, 512, 17), "GPU configs (16 levels, 2048, 2^19)": (16, 2048, 19)}
 

@@ -133,7 +133,7 @@ def _schedule_info(cfg) -> dict:
 
 
 def _fit_ours_schedule(cfg, steps: int) -> None:
-    """What ``method_configs/_common.make_trainer_config`` builds for ``steps`` iterations: the decay ends at the
+    """What ``nerfaccel_plugin/ns/trainer.make_trainer_config`` builds for ``steps`` iterations: the decay ends at the
     last step and the warm-up is ``min(100, steps // 10)``."""
     for group in cfg.optimizers.values():
         sched = group.get("scheduler")
@@ -165,7 +165,7 @@ def _fit_baseline_schedule(cfg, steps: int, mode: str) -> None:
 def _nerfaccel_config(method: str, data: Path | None, embedded: bool, background: str, steps: int | None):
     from nerfaccel_plugin.method_configs import method_config
 
-    from nerfaccel_plugin.dataparsers import NerfaccelBlenderDataParserConfig, NerfaccelDNeRFDataParserConfig
+    from nerfaccel_plugin.ns.dataparsers import NerfaccelBlenderDataParserConfig, NerfaccelDNeRFDataParserConfig
 
     cfg = method_config(method)  # a fresh config with this machine's (GPU or CPU) defaults
     dynamic = method == "nerfaccel-dnerf"
@@ -193,7 +193,7 @@ def _ngp_config(data: Path, background: str, steps: int | None, schedule_mode: s
     cfg.pipeline.model.background_color = background
     if steps is not None:
         _fit_baseline_schedule(cfg, steps, schedule_mode)
-    if cpu_smoke:  # CPU-sized, like method_configs/_common.apply_cpu_defaults; a smoke test, not a measurement
+    if cpu_smoke:  # CPU-sized, like nerfaccel_plugin/ns/trainer.apply_cpu_defaults; a smoke test, not a measurement
         cfg.machine.device_type = "cpu"
         cfg.mixed_precision = False
         cfg.pipeline.datamanager.train_num_rays_per_batch = 512
@@ -263,7 +263,7 @@ def _backends(model) -> dict:
     from nerfstudio.field_components.encodings import HashEncoding
     from nerfstudio.field_components.mlp import MLP, MLPWithHashEncoding
 
-    from nerfaccel_plugin.fields.hash_encoding import NerfaccelHashEncoding, hash_kernel_available
+    from nerfaccel_plugin.ns.fields.hash_encoding import NerfaccelHashEncoding, hash_kernel_available
 
     def is_tcnn(module) -> bool:
         return module is not None and type(module).__module__.split(".")[0] == "tinycudann"
@@ -786,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
         "its configured length"
         if args.steps is None
         else f"--steps {args.steps} (decay ends at the last step, "
-        "warm-up min(100, steps/10), as method_configs/_common.py builds it)"
+        "warm-up min(100, steps/10), as nerfaccel_plugin/ns/trainer.py builds it)"
     )
     if baseline:
         steps_text += f"; {BASELINE}: " + (

@@ -3,6 +3,6 @@
 :func:`method_config` builds a fresh config of any method with the GPU or the CPU defaults.
 """
 
-from ._common import method_config
+from nerfaccel_plugin.ns.trainer import method_config
 
 __all__ = ["method_config"]

@@ -2,10 +2,9 @@
 
 from nerfstudio.plugins.types import MethodSpecification
 
-from nerfaccel_plugin.dataparsers import NerfaccelBlenderDataParserConfig
-from nerfaccel_plugin.models import NerfaccelModelConfig
-
-from ._common import make_trainer_config
+from nerfaccel_plugin.ns.dataparsers import NerfaccelBlenderDataParserConfig
+from nerfaccel_plugin.ns.models import NerfaccelModelConfig
+from nerfaccel_plugin.ns.trainer import make_trainer_config
 
 nerfaccel_vanilla = MethodSpecification(
     config=make_trainer_config(

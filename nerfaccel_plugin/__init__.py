@@ -6,6 +6,7 @@ torch device through a pure-PyTorch reference and uses compiled kernels where av
 :func:`backend_info`.
 """
 
+from . import _moved
 from ._backend import backend_info
 from ._validation import value_checks
 from .contraction import contract, uncontract
@@ -60,3 +61,5 @@ __all__ = [
     "PropNetEstimator",
     "get_proposal_requires_grad_fn",
 ]
+
+_moved.install()  # old import paths of the Nerfstudio glue (moved to nerfaccel_plugin.ns) keep working

@@ -13,7 +13,7 @@ import pytest
 import torch
 from nerfstudio.field_components.encodings import HashEncoding
 
-from nerfaccel_plugin.fields.hash_encoding import (
+from nerfaccel_plugin.ns.fields.hash_encoding import (
     NerfaccelHashEncoding,
     hash_encode,
     hash_kernel_available,
@@ -181,7 +181,7 @@ def test_bad_input_names_the_problem():
 def test_nerfaccel_model_uses_the_kernel_on_cpu():
     from nerfstudio.data.scene_box import SceneBox
 
-    from nerfaccel_plugin.models import NerfaccelModelConfig
+    from nerfaccel_plugin.ns.models import NerfaccelModelConfig
 
     box = SceneBox(aabb=torch.tensor([[-1.0, -1, -1], [1, 1, 1]]))
     small = dict(num_levels=4, max_res=64, log2_hashmap_size=10, grid_resolution=16)

@@ -14,9 +14,9 @@ import pytest
 import torch
 from nerfstudio.data.scene_box import SceneBox
 
-from nerfaccel_plugin.fields.dynamic_field import TimeHashField
-from nerfaccel_plugin.models import NerfaccelModelConfig
-from nerfaccel_plugin.models.nerfaccel_model import _hash_implementation
+from nerfaccel_plugin.ns.fields.dynamic_field import TimeHashField
+from nerfaccel_plugin.ns.models import NerfaccelModelConfig
+from nerfaccel_plugin.ns.models.nerfaccel_model import _hash_implementation
 
 AABB = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
 
@@ -91,7 +91,7 @@ def tcnn_machine():
     (key layout ``...tcnn_encoding.params``) and ``auto`` picks them."""
     from nerfstudio.field_components import encodings, mlp
 
-    import nerfaccel_plugin.models.nerfaccel_model as nm
+    import nerfaccel_plugin.ns.models.nerfaccel_model as nm
 
     fake = types.SimpleNamespace(
         Encoding=_FakeTcnnModule, Network=_FakeTcnnModule, NetworkWithInputEncoding=_FakeTcnnModule
@@ -117,7 +117,7 @@ def _small_model(hash_implementation="auto", **overrides):
 
 def _pipeline_around(model):
     """A NerfaccelPipeline holding ``model`` (no datamanager): what Nerfstudio's loading code talks to."""
-    from nerfaccel_plugin.models.pipeline import NerfaccelPipeline
+    from nerfaccel_plugin.ns.models.pipeline import NerfaccelPipeline
 
     pipeline = NerfaccelPipeline.__new__(NerfaccelPipeline)
     torch.nn.Module.__init__(pipeline)
@@ -132,7 +132,7 @@ def _checkpoint_state(model) -> dict:
 
 def test_torch_checkpoint_loads_on_a_tcnn_machine_when_auto():
     """Trained on a CPU (torch hash grid), opened where tiny-cuda-nn runs: ``auto`` follows the checkpoint."""
-    from nerfaccel_plugin.models.nerfaccel_model import state_dict_hash_backend
+    from nerfaccel_plugin.ns.models.nerfaccel_model import state_dict_hash_backend
 
     trained = _small_model("auto")  # training machine: no tiny-cuda-nn
     assert state_dict_hash_backend(trained.state_dict()) == "torch"
@@ -173,7 +173,8 @@ def test_tcnn_checkpoint_where_tcnn_cannot_run_is_refused():
 def test_resume_picks_the_checkpoints_backend_before_the_optimizers(tmp_path):
     """``ns-train --load-dir``: the trainer config resolves ``auto`` from the checkpoint before building anything."""
     from nerfaccel_plugin.method_configs import method_config
-    from nerfaccel_plugin.method_configs._common import checkpoint_to_load, follow_checkpoint_hash_backend
+
+    from nerfaccel_plugin.ns.trainer import checkpoint_to_load, follow_checkpoint_hash_backend
 
     with tcnn_machine():
         tcnn_state = _checkpoint_state(_small_model("auto"))
@@ -199,7 +200,7 @@ def test_cuda_device_is_set_only_when_it_has_an_index(monkeypatch):
     to hand it to ``torch.cuda.set_device``, which raises ValueError for a device without an index."""
     from torch.cuda._utils import _get_device_index
 
-    from nerfaccel_plugin.models.pipeline import NerfaccelPipeline, NerfaccelPipelineConfig, set_current_cuda_device
+    from nerfaccel_plugin.ns.models.pipeline import NerfaccelPipeline, NerfaccelPipelineConfig, set_current_cuda_device
 
     calls = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -346,7 +347,7 @@ def test_occupancy_models_use_every_parameter_in_a_training_step(name):
     must get a gradient from one training forward. The proposal model needs the search and gets it."""
     from nerfaccel_plugin.method_configs import method_config
 
-    from nerfaccel_plugin.models.pipeline import needs_unused_parameter_search
+    from nerfaccel_plugin.ns.models.pipeline import needs_unused_parameter_search
 
     cfg = method_config(name, "cpu").pipeline.model
     cfg.num_levels, cfg.max_res, cfg.log2_hashmap_size, cfg.grid_resolution = 4, 64, 10, 16

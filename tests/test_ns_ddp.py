@@ -138,8 +138,8 @@ def test_two_process_ddp_with_proposal_networks(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     from nerfaccel_plugin.method_configs import method_config
 
-    from nerfaccel_plugin.dataparsers import NerfaccelBlenderDataParserConfig
-    from nerfaccel_plugin.models.distributed import train_distributed_cpu
+    from nerfaccel_plugin.ns.dataparsers import NerfaccelBlenderDataParserConfig
+    from nerfaccel_plugin.ns.models.distributed import train_distributed_cpu
     from nerfaccel_plugin.scene import get_scene
 
     data = Path(get_scene(resolution=24, views=12))

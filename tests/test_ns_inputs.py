@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nerfaccel_plugin.dataparsers import (
+from nerfaccel_plugin.ns.dataparsers import (
     NerfaccelBlenderDataParserConfig,
     NerfaccelDNeRFDataParserConfig,
     validate_blender_folder,
@@ -139,7 +139,7 @@ def test_image_path_mirrors_nerfstudio(scene: Path, tmp_path: Path) -> None:
     (``r_2.png`` is read as ``r_2.png.png``). The old rule checked ``r_2.png`` and the parser then failed."""
     from nerfstudio.data.dataparsers.blender_dataparser import Blender, BlenderDataParserConfig
 
-    from nerfaccel_plugin.dataparsers.blender import _image_path
+    from nerfaccel_plugin.ns.dataparsers.blender import _image_path
 
     data = copy_scene(scene, tmp_path)
     meta = json.loads((data / "transforms_train.json").read_text())
@@ -188,7 +188,7 @@ def make_nerfstudio_folder(scene: Path, dst: Path) -> Path:
 
 
 def test_nerfstudio_folder_good(scene: Path, tmp_path: Path) -> None:
-    from nerfaccel_plugin.dataparsers import NerfaccelNerfstudioDataParserConfig, validate_nerfstudio_folder
+    from nerfaccel_plugin.ns.dataparsers import NerfaccelNerfstudioDataParserConfig, validate_nerfstudio_folder
 
     data = make_nerfstudio_folder(scene, tmp_path / "capture")
     validate_nerfstudio_folder(data)
@@ -198,7 +198,7 @@ def test_nerfstudio_folder_good(scene: Path, tmp_path: Path) -> None:
 
 
 def test_nerfstudio_folder_without_transforms(tmp_path: Path) -> None:
-    from nerfaccel_plugin.dataparsers import NerfaccelNerfstudioDataParserConfig, validate_dataparser_inputs
+    from nerfaccel_plugin.ns.dataparsers import NerfaccelNerfstudioDataParserConfig, validate_dataparser_inputs
 
     (tmp_path / "nodata").mkdir()
     with pytest.raises(FileNotFoundError, match=r"transforms\.json.*ns-process-data"):
@@ -212,7 +212,7 @@ def test_nerfstudio_folder_without_transforms(tmp_path: Path) -> None:
 
 
 def test_nerfstudio_folder_missing_or_broken_image(scene: Path, tmp_path: Path) -> None:
-    from nerfaccel_plugin.dataparsers import NerfaccelNerfstudioDataParserConfig, validate_nerfstudio_folder
+    from nerfaccel_plugin.ns.dataparsers import NerfaccelNerfstudioDataParserConfig, validate_nerfstudio_folder
 
     data = make_nerfstudio_folder(scene, tmp_path / "capture")
     (data / "images" / "frame_00003.png").unlink()
@@ -228,7 +228,7 @@ def test_nerfstudio_folder_missing_or_broken_image(scene: Path, tmp_path: Path) 
 
 def test_nerfstudio_folder_downscaled_images_are_checked(scene: Path, tmp_path: Path) -> None:
     """With ``--downscale-factor 2`` the parser reads ``images_2/``; the checks follow it."""
-    from nerfaccel_plugin.dataparsers import NerfaccelNerfstudioDataParserConfig
+    from nerfaccel_plugin.ns.dataparsers import NerfaccelNerfstudioDataParserConfig
 
     data = make_nerfstudio_folder(scene, tmp_path / "capture")
     with pytest.raises(FileNotFoundError, match=r"images_2/frame_00000\.png"):
@@ -238,7 +238,7 @@ def test_nerfstudio_folder_downscaled_images_are_checked(scene: Path, tmp_path: 
 
 
 def test_nerfstudio_bad_transforms(scene: Path, tmp_path: Path) -> None:
-    from nerfaccel_plugin.dataparsers import validate_nerfstudio_folder
+    from nerfaccel_plugin.ns.dataparsers import validate_nerfstudio_folder
 
     data = make_nerfstudio_folder(scene, tmp_path / "capture")
     meta = json.loads((data / "transforms.json").read_text())
@@ -252,7 +252,7 @@ def test_nerfstudio_bad_transforms(scene: Path, tmp_path: Path) -> None:
 
 
 def test_nerfstudio_empty_scene_box_names_the_option(scene: Path, tmp_path: Path) -> None:
-    from nerfaccel_plugin.dataparsers import NerfaccelNerfstudioDataParserConfig
+    from nerfaccel_plugin.ns.dataparsers import NerfaccelNerfstudioDataParserConfig
 
     with pytest.raises(ValueError, match=r"--pipeline\.datamanager\.dataparser\.scene-scale must be > 0"):
         NerfaccelNerfstudioDataParserConfig(scene_scale=0.0)
@@ -293,7 +293,7 @@ def test_good_data_is_checked_once(scene: Path, tmp_path, monkeypatch) -> None:
     """The full check before config.yml is the one the parser would run: it is not repeated in-process."""
     from nerfaccel_plugin.method_configs import method_config
 
-    from nerfaccel_plugin.dataparsers import blender, validate_dataparser_inputs
+    from nerfaccel_plugin.ns.dataparsers import blender, validate_dataparser_inputs
 
     data = copy_scene(scene, tmp_path)
     cfg = method_config("nerfaccel-lego", "cpu")

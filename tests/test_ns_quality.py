@@ -25,7 +25,7 @@ def trained(tmp_path_factory):
     from nerfaccel_plugin.method_configs import method_config
 
     from nerfaccel_plugin._ext.build import cache_root
-    from nerfaccel_plugin.dataparsers import NerfaccelBlenderDataParserConfig
+    from nerfaccel_plugin.ns.dataparsers import NerfaccelBlenderDataParserConfig
     from nerfaccel_plugin.scene import get_scene
 
     tmp = tmp_path_factory.mktemp("quality")

@@ -13,7 +13,7 @@ from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.engine.callbacks import TrainingCallbackLocation
 
 from nerfaccel_plugin import accumulate_along_rays, render_weight_from_density
-from nerfaccel_plugin.samplers import OccupancyGridSampler, ProposalSampler
+from nerfaccel_plugin.ns.samplers import OccupancyGridSampler, ProposalSampler
 
 RADIUS = 0.5
 

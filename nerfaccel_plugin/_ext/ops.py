@@ -349,7 +349,7 @@ def _(occs, cell_ids, values, ema_decay):
 
 
 # ---------------------------------------------------------------------------------------------
-# Hash encoding (CPU kernel; used by nerfaccel_plugin.fields.hash_encoding on CPU tensors)
+# Hash encoding (CPU kernel; used by nerfaccel_plugin.ns.fields.hash_encoding on CPU tensors)
 # ---------------------------------------------------------------------------------------------
 @torch.library.custom_op(f"{_NS}::hash_encode", mutates_args=(), device_types=("cpu",))
 def hash_encode(x: Tensor, table: Tensor, scales: Tensor, table_size: int) -> Tensor:

@@ -9,7 +9,7 @@ from jaxtyping import Float
 from nerfstudio.field_components.spatial_distortions import SpatialDistortion
 from torch import Tensor
 
-from ..contraction import contract
+from ...contraction import contract
 
 
 class AabbContraction(SpatialDistortion):

@@ -13,7 +13,7 @@ from nerfstudio.models.base_model import Model
 from nerfstudio.pipelines.dynamic_batch import DynamicBatchPipeline, DynamicBatchPipelineConfig
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .. import ns_compat
+from .. import compat as ns_compat
 
 
 def set_current_cuda_device(device: Union[str, torch.device]) -> None:

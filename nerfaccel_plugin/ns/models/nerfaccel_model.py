@@ -24,14 +24,14 @@ from nerfstudio.utils import colormaps
 from torch import Tensor
 from torch.nn import Parameter
 
-from .. import ns_compat
-from .._validation import value_checks
+from ..._validation import value_checks
+from ...grid import ray_aabb_intersect
+from ...volrend import accumulate_along_rays, render_weight_from_density
+from .. import compat as ns_compat
 from ..fields.contraction import AabbContraction
 from ..fields.dynamic_field import TimeHashField
 from ..fields.hash_encoding import use_nerfaccel_hash_encoding
-from ..grid import ray_aabb_intersect
 from ..samplers import OccupancyGridSampler, ProposalSampler
-from ..volrend import accumulate_along_rays, render_weight_from_density
 
 _COLORS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
 
@@ -568,7 +568,7 @@ class NerfaccelModel(Model):
         if self.training and "interlevel_loss" in outputs:
             losses["interlevel_loss"] = self.config.interlevel_loss_mult * outputs["interlevel_loss"]
             if self.config.distortion_loss_mult > 0:
-                from ..losses import distortion
+                from ...losses import distortion
 
                 losses["distortion_loss"] = (
                     self.config.distortion_loss_mult

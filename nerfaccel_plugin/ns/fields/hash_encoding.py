@@ -21,7 +21,7 @@ from jaxtyping import Float
 from nerfstudio.field_components.encodings import HashEncoding
 from torch import Tensor, nn
 
-from .. import _backend
+from ... import _backend
 
 ENV_VAR = "NERFACCEL_HASH_KERNEL"
 
@@ -36,7 +36,7 @@ def hash_kernel_available() -> bool:
         return False
     if choice.backend != "cpp":
         return False
-    from .._ext import ops  # noqa: F401, PLC0415 - registers torch.ops.nerfaccel.hash_encode
+    from ..._ext import ops  # noqa: F401, PLC0415 - registers torch.ops.nerfaccel.hash_encode
 
     return True
 

@@ -10,7 +10,7 @@
 Both provide ``get_training_callbacks`` that keep them up to date during training. Example (inside a
 Nerfstudio ``Model``)::
 
-    from nerfaccel_plugin.samplers import OccupancyGridSampler
+    from nerfaccel_plugin.ns.samplers import OccupancyGridSampler
 
     def populate_modules(self):
         super().populate_modules()
@@ -37,8 +37,8 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocati
 from nerfstudio.model_components.ray_samplers import Sampler
 from torch import Tensor
 
-from .estimators.occ_grid import OccGridEstimator
-from .estimators.prop_net import PropNetEstimator, get_proposal_requires_grad_fn
+from ..estimators.occ_grid import OccGridEstimator
+from ..estimators.prop_net import PropNetEstimator, get_proposal_requires_grad_fn
 
 DensityFn = Callable[..., Tensor]
 

@@ -103,7 +103,7 @@ def _resolve(
     if Path(data).exists():
         return Path(data)
     if fallback and Path(data) == default:
-        from ..scene import get_scene
+        from ...scene import get_scene
 
         kind = "dynamic" if dynamic else "static"
         CONSOLE.print(

@@ -14,8 +14,8 @@ from nerfstudio.data.dataparsers.base_dataparser import DataParserConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 
-from nerfaccel_plugin.models import NerfaccelModelConfig, NerfaccelPipelineConfig
-from nerfaccel_plugin.ns_compat import FloatExponentialDecaySchedulerConfig, default_device_type
+from nerfaccel_plugin.ns.compat import FloatExponentialDecaySchedulerConfig, default_device_type
+from nerfaccel_plugin.ns.models import NerfaccelModelConfig, NerfaccelPipelineConfig
 
 ON_GPU = default_device_type() == "cuda"
 """Whether the configs are built for a GPU; without one every method picks the CPU and CPU-sized batches."""
@@ -65,7 +65,7 @@ class NerfaccelTrainerConfig(TrainerConfig):
         ``ns-train`` saves the config before it builds the dataparser; a bad folder used to leave a half-written
         ``outputs/...`` run behind and fail later (a bare ``FileNotFoundError``, or inside the dataloader).
         """
-        from nerfaccel_plugin.dataparsers import validate_dataparser_inputs
+        from nerfaccel_plugin.ns.dataparsers import validate_dataparser_inputs
 
         datamanager = self.pipeline.datamanager
         data = getattr(datamanager, "data", None) or self.data  # --data overrides the dataparser's, as Nerfstudio
@@ -106,7 +106,7 @@ def follow_checkpoint_hash_backend(config: TrainerConfig) -> None:
         return
     import torch
 
-    from nerfaccel_plugin.models.nerfaccel_model import state_dict_hash_backend
+    from nerfaccel_plugin.ns.models.nerfaccel_model import state_dict_hash_backend
 
     try:
         state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)["pipeline"]
