@@ -50,7 +50,7 @@ def block_size() -> int:
 
 
 def num_warps(block: int) -> int:
-    return max(1, min(8, block // 256))
+    return max(1, min(8, block // 128))
 
 
 # ---------------------------------------------------------------------------------------------
