@@ -114,24 +114,26 @@ def make_layout(dist: str, n_rays: int, spp: int, device: torch.device, seed: in
     return packed_info, ray_indices, t0, t0 + step, n
 
 
-# Triton kernels: floats read + written per sample and layout traffic (docs/triton.md). Scanned ops run in three
-# phases (tile aggregates, tile carries, apply), reading their inputs twice; loads shifted by one sample hit the
-# cache and are not counted. A packed layout costs each op call a zeroed int32 chunk-end mark (4 B written) read
-# in both phases (8 B), plus 20 B per ray (packed_info read, mark scattered); ray_indices go through pack_info first
-# (8 B per sample read, 16 B per ray written, once per fwd+bwd).
+# Triton kernels (docs/triton.md): floats read + written per sample, as (phase 1, phase 3) of the three-phase
+# scans. Phase 1 reads only each tile's last segment (the samples after its last ray start): a fraction
+# min(1, mean count / 1024) of the inputs; phase 3 reads the inputs and writes the outputs. Loads shifted by one
+# sample hit the cache and are not counted. A packed layout costs each op call a zeroed int32 chunk-end mark (4 B
+# written) read in both phases (8 B), plus 20 B per ray (packed_info read, mark scattered); ray_indices go through
+# pack_info first (8 B per sample read, 16 B per ray written, once per fwd+bwd). Estimates, not measurements.
 _TRITON_FLOATS = {
-    "render_weight_from_density fwd": (9, 1),  # ts, te, sg twice; w, T, a written
-    "render_weight_from_density fwd+bwd": (19, 2),  # + bwd (gw only): T, gw, a twice; ts, te, sg; g_sigma written
-    "render_weight_from_alpha fwd": (4, 1),  # a twice; w, T written
-    "render_weight_from_alpha fwd+bwd": (10, 2),  # + bwd: a, gw twice; T; g_alpha written
-    "sum fwd": (3, 1),
-    "sum fwd+bwd": (6, 2),
-    "prod fwd": (3, 1),
-    "prod fwd+bwd": (9, 2),  # + bwd: x, g twice; y; g_x written
+    "render_weight_from_density fwd": (3, 6, 1),  # ts, te, sg (phase 1); ts, te, sg read, w, T, a written
+    "render_weight_from_density fwd+bwd": (6, 13, 2),  # + bwd (gw only): T, gw, a; T, gw, a, ts, te, sg, g_sigma
+    "render_weight_from_alpha fwd": (1, 3, 1),  # a; a read, w, T written
+    "render_weight_from_alpha fwd+bwd": (3, 7, 2),  # + bwd: a, gw; a, gw, T read, g_alpha written
+    "sum fwd": (1, 2, 1),
+    "sum fwd+bwd": (2, 4, 2),
+    "prod fwd": (1, 2, 1),
+    "prod fwd+bwd": (3, 6, 2),  # + bwd: x, g; x, g, y read, g_x written
 }
+TRITON_BLOCK = 1024
 
 
-def triton_model_bytes(name: str, form: str, n: int, r: int) -> int | None:
+def triton_model_bytes(name: str, form: str, n: int, r: int, mean_count: float) -> int | None:
     """Modelled bytes moved by the Triton kernels for a row, or None when the row has no model."""
     key = name
     for op in ("inclusive_", "exclusive_"):
@@ -142,8 +144,8 @@ def triton_model_bytes(name: str, form: str, n: int, r: int) -> int | None:
         return (8 * F32 + 2 * I64) * n + 3 * 3 * F32 * r
     if key not in _TRITON_FLOATS:
         return None
-    floats, calls = _TRITON_FLOATS[key]
-    total = floats * F32 * n
+    p1, p3, calls = _TRITON_FLOATS[key]
+    total = int((p1 * min(1.0, mean_count / TRITON_BLOCK) + p3) * F32 * n)
     if form in ("packed", "ray_indices"):
         total += calls * (12 * n + 20 * r)
     if form == "ray_indices":
@@ -499,7 +501,8 @@ def build_cases(args, device: torch.device) -> tuple[list[Case], dict]:
     )
     for case in cases:
         if args.backend == "triton":
-            case.model_bytes = triton_model_bytes(case.name, case.form, case.items, r)
+            mean_count = spp if case.form == "batched" else n / max(1, int((packed_info[:, 1] > 0).sum()))
+            case.model_bytes = triton_model_bytes(case.name, case.form, case.items, r, mean_count)
         if case.name.startswith("accumulate_along_rays") and case.min_bytes is None:
             case.min_bytes = (8 * F32 + 2 * I64) * n + 3 * 3 * F32 * r
             case.bytes_doc = (

@@ -156,6 +156,16 @@ def layout_flags(offs, mask, em_ptr, te_ptr, tile, n_per_row, PACKED: tl.constex
 
 
 @triton.jit
+def phase_mask(use, reset, ar, PHASE: tl.constexpr):
+    """Phase 1 needs only the tile's last segment (in scan order): the elements from its last reset on. Loads of
+    the others are masked off, so for rays shorter than a tile phase 1 reads little more than the layout."""
+    if PHASE == 1:
+        last = tl.max(tl.where(reset, ar, -1), axis=0)
+        use = use & (ar >= last)
+    return use
+
+
+@triton.jit
 def tile_offsets(tile, BLOCK: tl.constexpr, REVERSE: tl.constexpr):
     ar = tl.arange(0, BLOCK)
     base = tile.to(tl.int64) * BLOCK

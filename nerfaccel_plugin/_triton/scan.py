@@ -25,6 +25,7 @@ from ._common import (
     layout_flags,
     load_carry,
     num_warps,
+    phase_mask,
     run_three_phase,
     seg_scan,
     store_tile_aggregate,
@@ -43,10 +44,10 @@ def scan_fwd_kernel(
     mask = offs < N
     covered, head, tail = layout_flags(offs, mask, em_ptr, te_ptr, tile, n_per_row, PACKED, False)
     if EXCLUSIVE:
-        use = mask & (head == 0)
+        use = phase_mask(mask & (head == 0), head, ar, PHASE)
         x = tl.load(x_ptr + offs - 1, mask=use, other=0)
     else:
-        use = mask
+        use = phase_mask(mask, head, ar, PHASE)
         x = tl.load(x_ptr + offs, mask=use, other=0)
     if PROD:
         a = tl.where(use, x, 1)
@@ -81,6 +82,8 @@ def scan_bwd_kernel(
     mask = offs < N
     covered, head, tail = layout_flags(offs, mask, em_ptr, te_ptr, tile, n_per_row, PACKED, True)
     nxt = mask & (tail == 0)  # k + 1 lies in the same chunk
+    live = phase_mask(mask, tail, ar, PHASE)  # phase 1: only the elements after the tile's last reset
+    nxt = nxt & live
     if PROD:
         xn = tl.load(x_ptr + offs + 1, mask=nxt, other=1)
         if EXCLUSIVE:
@@ -88,16 +91,16 @@ def scan_bwd_kernel(
             a = tl.where(nxt, xn, 1)
             b = tl.where(nxt, gn, 0)
         else:
-            g = tl.load(g_ptr + offs, mask=mask, other=0)
+            g = tl.load(g_ptr + offs, mask=live, other=0)
             a = tl.where(nxt, xn, 1)
-            b = tl.where(mask, g, 0)
+            b = tl.where(live, g, 0)
     else:
         if EXCLUSIVE:
             b = tl.load(g_ptr + offs + 1, mask=nxt, other=0)
             b = tl.where(nxt, b, 0)
         else:
-            b = tl.load(g_ptr + offs, mask=mask, other=0)
-            b = tl.where(mask, b, 0)
+            b = tl.load(g_ptr + offs, mask=live, other=0)
+            b = tl.where(live, b, 0)
         a = tl.zeros_like(b) + 1
     f = tail.to(tl.int32)
     a, b, f = seg_scan(a, b, f, KIND)

@@ -27,6 +27,7 @@ from ._common import (
     layout_flags,
     load_carry,
     num_warps,
+    phase_mask,
     run_three_phase,
     seg_scan,
     store_tile_aggregate,
@@ -43,7 +44,7 @@ def density_fwd_kernel(
     ar, offs = tile_offsets(tile, BLOCK, False)
     mask = offs < N
     covered, head, tail = layout_flags(offs, mask, em_ptr, te_tile_ptr, tile, n_per_row, PACKED, False)
-    prv = mask & (head == 0)
+    prv = phase_mask(mask & (head == 0), head, ar, PHASE)
     ts_p = tl.load(ts_ptr + offs - 1, mask=prv, other=0)
     te_p = tl.load(te_ptr + offs - 1, mask=prv, other=0)
     sg_p = tl.load(sg_ptr + offs - 1, mask=prv, other=0)
@@ -81,7 +82,7 @@ def density_bwd_kernel(
     covered, head, tail = layout_flags(offs, mask, em_ptr, te_tile_ptr, tile, n_per_row, PACKED, True)
     SCAN: tl.constexpr = HAS_GW or HAS_GT
     if SCAN:
-        nxt = mask & (tail == 0)
+        nxt = phase_mask(mask & (tail == 0), tail, ar, PHASE)
         tr_n = tl.load(tr_ptr + offs + 1, mask=nxt, other=0)
         d = tl.zeros_like(tr_n)
         if HAS_GW:
@@ -131,7 +132,7 @@ def alpha_fwd_kernel(
     ar, offs = tile_offsets(tile, BLOCK, False)
     mask = offs < N
     covered, head, tail = layout_flags(offs, mask, em_ptr, te_tile_ptr, tile, n_per_row, PACKED, False)
-    prv = mask & (head == 0)
+    prv = phase_mask(mask & (head == 0), head, ar, PHASE)
     al_p = tl.load(al_ptr + offs - 1, mask=prv, other=0)
     a = tl.where(prv, 1.0 - al_p, 1)
     b = tl.zeros_like(a)
@@ -160,7 +161,7 @@ def alpha_bwd_kernel(
     ar, offs = tile_offsets(tile, BLOCK, True)
     mask = offs < N
     covered, head, tail = layout_flags(offs, mask, em_ptr, te_tile_ptr, tile, n_per_row, PACKED, True)
-    nxt = mask & (tail == 0)
+    nxt = phase_mask(mask & (tail == 0), tail, ar, PHASE)
     al_n = tl.load(al_ptr + offs + 1, mask=nxt, other=0)
     gn = tl.zeros_like(al_n)
     if HAS_GW:
