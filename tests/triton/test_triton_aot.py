@@ -1,7 +1,7 @@
 """Every Triton kernel variant compiles ahead of time for sm_80/86/89/90 without a GPU, and none spills.
 
-Runs ``python -m nerfaccel_plugin._triton.aot`` in a subprocess without ``TRITON_INTERPRET`` (this folder's
-conftest sets it for the interpreter tests): every variant for sm_90, each kernel's largest for the others.
+Runs ``python -m nerfaccel_plugin._triton.aot`` in a subprocess without ``TRITON_INTERPRET``: every variant for
+sm_90, each kernel's largest for the others.
 The table of registers and spills is printed (``pytest -s`` shows it).
 """
 
