@@ -29,6 +29,25 @@ OP_NAMES = (
     "accumulate_along_rays_bwd",
 )
 
+# The schemas these kernels implement (the ops are defined elsewhere, by nerfaccel_plugin._ops; tests define them
+# in a test-only namespace from this table).
+SCHEMAS: dict[str, str] = {
+    "scan_fwd": "(Tensor inputs, Tensor? packed_info, bool prod, bool exclusive) -> Tensor",
+    "scan_bwd": "(Tensor grad, Tensor inputs, Tensor outputs, Tensor? packed_info, bool prod, bool exclusive) "
+    "-> Tensor",
+    "render_weight_from_density_fwd": "(Tensor t_starts, Tensor t_ends, Tensor sigmas, Tensor? packed_info, "
+    "bool covers_all=False) -> (Tensor, Tensor, Tensor)",
+    "render_weight_from_density_bwd": "(Tensor? grad_weights, Tensor? grad_trans, Tensor? grad_alphas, "
+    "Tensor t_starts, Tensor t_ends, Tensor sigmas, Tensor trans, Tensor alphas, Tensor? packed_info, "
+    "bool covers_all, bool need_t_grads) -> (Tensor, Tensor, Tensor)",
+    "render_weight_from_alpha_fwd": "(Tensor alphas, Tensor? packed_info) -> (Tensor, Tensor)",
+    "render_weight_from_alpha_bwd": "(Tensor? grad_weights, Tensor? grad_trans, Tensor alphas, Tensor trans, "
+    "Tensor? packed_info) -> Tensor",
+    "accumulate_along_rays_fwd": "(Tensor weights, Tensor? values, Tensor ray_indices, int n_rays) -> Tensor",
+    "accumulate_along_rays_bwd": "(Tensor grad_out, Tensor weights, Tensor? values, Tensor ray_indices, "
+    "bool need_weights_grad, bool need_values_grad) -> (Tensor, Tensor)",
+}
+
 _FLOATS = (torch.float32, torch.float64)
 
 

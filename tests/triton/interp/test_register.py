@@ -11,25 +11,9 @@ import triton.language as tl
 
 from nerfaccel_plugin import _torch_impl as ref
 from nerfaccel_plugin._triton import _common
-from nerfaccel_plugin._triton.register import OP_NAMES, register
+from nerfaccel_plugin._triton.register import OP_NAMES, SCHEMAS, register
 
 NS = "nerfaccel_triton_test"
-SCHEMAS = {
-    "scan_fwd": "(Tensor inputs, Tensor? packed_info, bool prod, bool exclusive) -> Tensor",
-    "scan_bwd": "(Tensor grad, Tensor inputs, Tensor outputs, Tensor? packed_info, bool prod, bool exclusive) "
-    "-> Tensor",
-    "render_weight_from_density_fwd": "(Tensor t_starts, Tensor t_ends, Tensor sigmas, Tensor? packed_info, "
-    "bool covers_all=False) -> (Tensor, Tensor, Tensor)",
-    "render_weight_from_density_bwd": "(Tensor? grad_weights, Tensor? grad_trans, Tensor? grad_alphas, "
-    "Tensor t_starts, Tensor t_ends, Tensor sigmas, Tensor trans, Tensor alphas, Tensor? packed_info, "
-    "bool covers_all, bool need_t_grads) -> (Tensor, Tensor, Tensor)",
-    "render_weight_from_alpha_fwd": "(Tensor alphas, Tensor? packed_info) -> (Tensor, Tensor)",
-    "render_weight_from_alpha_bwd": "(Tensor? grad_weights, Tensor? grad_trans, Tensor alphas, Tensor trans, "
-    "Tensor? packed_info) -> Tensor",
-    "accumulate_along_rays_fwd": "(Tensor weights, Tensor? values, Tensor ray_indices, int n_rays) -> Tensor",
-    "accumulate_along_rays_bwd": "(Tensor grad_out, Tensor weights, Tensor? values, Tensor ray_indices, "
-    "bool need_weights_grad, bool need_values_grad) -> (Tensor, Tensor)",
-}
 
 _lib = None
 
