@@ -796,7 +796,8 @@ def main() -> None:
         nargs="+",
         default=["default"],
         choices=list(LAYOUTS),
-        help="sample layouts, one table each: default (--rays/--spp), geo30 (2^18 rays, geometric counts of mean 30 "
+        help="sample layouts, one table each (--rays/--spp override a preset's sizes): default, geo30 (2^18 rays, "
+        "geometric counts of mean 30 "
         "capped at 256, 30%% empty), 4096x48, 4096x96, 131072x128",
     )
     parser.add_argument(
@@ -845,8 +846,9 @@ def main() -> None:
     for layout in args.layout:
         rays, spp, args.dist = LAYOUTS[layout]
         args.layout_name = layout
-        args.rays = rays or rays_default or (131072 if cuda else 4096)
-        args.spp = spp or spp_default or (128 if cuda else 64)
+        # an explicit --rays/--spp overrides the preset (smaller smoke runs of the same distribution)
+        args.rays = rays_default or rays or (131072 if cuda else 4096)
+        args.spp = spp_default or spp or (128 if cuda else 64)
         print(f"== layout {layout}: {args.rays} rays, ~{args.spp} samples per ray ({args.dist})", flush=True)
         saved = args.layout
         args.layout = layout
