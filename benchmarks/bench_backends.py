@@ -8,6 +8,14 @@ Usage::
         --out benchmarks/results/backends-cuda.md                         # CUDA vs nerfacc, 131072 rays x ~128
     python benchmarks/bench_backends.py --device cuda --torch             # also the PyTorch backend on the GPU
     python benchmarks/bench_backends.py --device cuda --only rendering scan
+    python benchmarks/bench_backends.py --device cuda --backend triton \\
+        --layout geo30 4096x48 4096x96 131072x128                        # Triton kernels for the segmented ops
+
+Layouts (``--layout``, one table each): ``default`` (--rays x ~--spp, uniform counts), ``geo30`` (2^18 rays,
+geometric counts of mean 30 capped at 256, 30% empty), ``4096x48``, ``4096x96``, ``131072x128``. Traversal rows
+come once per ``--traversal cone:levels`` (default cone 0 with 1 level and cone 1/256 with 4 levels). Next to our
+time: "B/sample model" (bytes the Triton kernels move per item, modelled in docs/triton.md; --backend triton only)
+and "B/sample min" (the minimum); on a GPU also the modelled bytes as a share of the measured copy bandwidth.
 
 Every row calls the *public API* the same way for both libraries: one recipe ``api -> thunk`` is built once with
 ``nerfaccel_plugin`` and once with ``nerfacc`` (same functions, same arguments: the same ``packed_info`` or
