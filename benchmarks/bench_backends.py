@@ -8,6 +8,14 @@ Usage::
         --out benchmarks/results/backends-cuda.md                         # CUDA vs nerfacc, 131072 rays x ~128
     python benchmarks/bench_backends.py --device cuda --torch             # also the PyTorch backend on the GPU
     python benchmarks/bench_backends.py --device cuda --only rendering scan
+    python benchmarks/bench_backends.py --device cuda --backend triton \\
+        --layout geo30 4096x48 4096x96 131072x128                        # Triton kernels for the segmented ops
+
+Layouts (``--layout``, one table each): ``default`` (--rays x ~--spp, uniform counts), ``geo30`` (2^18 rays,
+geometric counts of mean 30 capped at 256, 30% empty), ``4096x48``, ``4096x96``, ``131072x128``. Traversal rows
+come once per ``--traversal cone:levels`` (default cone 0 with 1 level and cone 1/256 with 4 levels). Next to our
+time: "B/sample model" (bytes the Triton kernels move per item, modelled in docs/triton.md; --backend triton only)
+and "B/sample min" (the minimum); on a GPU also the modelled bytes as a share of the measured copy bandwidth.
 
 Every row calls the *public API* the same way for both libraries: one recipe ``api -> thunk`` is built once with
 ``nerfaccel_plugin`` and once with ``nerfacc`` (same functions, same arguments: the same ``packed_info`` or
@@ -69,6 +77,7 @@ class Case:
     compare: bool = True  # deterministic: compare our output with nerfacc's
     min_bytes: int | None = None
     bytes_doc: str = ""
+    model_bytes: int | None = None  # modelled bytes the Triton kernels move (--backend triton)
 
 
 def _layout_bytes(form: str, n: int, r: int, passes: int) -> int:
@@ -82,19 +91,89 @@ def _layout_bytes(form: str, n: int, r: int, passes: int) -> int:
     return 0
 
 
+# Layout presets: (rays, samples per ray, count distribution). "default" takes --rays/--spp.
+LAYOUTS = {
+    "default": (None, None, "uniform"),
+    "geo30": (2**18, 30, "geometric"),  # geometric counts, mean 30, capped at 256, 30% of the rays empty
+    "4096x48": (4096, 48, "uniform"),
+    "4096x96": (4096, 96, "uniform"),
+    "131072x128": (131072, 128, "uniform"),
+}
+
+
+def make_layout(dist: str, n_rays: int, spp: int, device: torch.device, seed: int = 0):
+    """``(packed_info, ray_indices, t_starts, t_ends, n)``; ``uniform``: as ``_bench_util.packed_layout``
+    (counts uniform in [spp/2, 3spp/2], every 16th ray empty); ``geometric``: counts geometric with mean ``spp``
+    (before the cap), capped at 256, 30% of the rays empty."""
+    if dist == "uniform":
+        return bu.packed_layout(n_rays, spp, device, seed)
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(n_rays, generator=g, dtype=torch.float64).clamp(min=1e-12)
+    counts = (torch.floor(torch.log(u) / torch.log1p(torch.tensor(-1.0 / spp, dtype=torch.float64))) + 1).long()
+    counts = counts.clamp(1, 256)
+    counts[torch.rand(n_rays, generator=g) < 0.3] = 0
+    starts = torch.cumsum(counts, 0) - counts
+    packed_info = torch.stack([starts, counts], -1).to(device)
+    ray_indices = torch.repeat_interleave(torch.arange(n_rays), counts).to(device)
+    n = int(counts.sum())
+    pos = torch.arange(n) - torch.repeat_interleave(starts, counts)
+    step = 4.0 / max(1, spp)
+    t0 = (torch.repeat_interleave(torch.rand(n_rays, generator=g), counts) + pos * step).float().to(device)
+    return packed_info, ray_indices, t0, t0 + step, n
+
+
+# Triton kernels (docs/triton.md): floats read + written per sample, as (phase 1, phase 3) of the three-phase
+# scans. Phase 1 reads only each tile's last segment (the samples after its last ray start): a fraction
+# min(1, mean count / 1024) of the inputs; phase 3 reads the inputs and writes the outputs. Loads shifted by one
+# sample hit the cache and are not counted. A packed layout costs each op call a zeroed int32 chunk-end mark (4 B
+# written) read in both phases (8 B), plus 20 B per ray (packed_info read, mark scattered); ray_indices go through
+# pack_info first (8 B per sample read, 16 B per ray written, once per fwd+bwd). Estimates, not measurements.
+_TRITON_FLOATS = {
+    "render_weight_from_density fwd": (3, 6, 1),  # ts, te, sg (phase 1); ts, te, sg read, w, T, a written
+    "render_weight_from_density fwd+bwd": (6, 13, 2),  # + bwd (gw only): T, gw, a; T, gw, a, ts, te, sg, g_sigma
+    "render_weight_from_alpha fwd": (1, 3, 1),  # a; a read, w, T written
+    "render_weight_from_alpha fwd+bwd": (3, 7, 2),  # + bwd: a, gw; a, gw, T read, g_alpha written
+    "sum fwd": (1, 2, 1),
+    "sum fwd+bwd": (2, 4, 2),
+    "prod fwd": (1, 2, 1),
+    "prod fwd+bwd": (3, 6, 2),  # + bwd: x, g; x, g, y read, g_x written
+}
+TRITON_BLOCK = 1024
+
+
+def triton_model_bytes(name: str, form: str, n: int, r: int, mean_count: float) -> int | None:
+    """Modelled bytes moved by the Triton kernels for a row, or None when the row has no model."""
+    key = name
+    for op in ("inclusive_", "exclusive_"):
+        key = key.replace(op, "")
+    if name.startswith("accumulate_along_rays"):
+        # fwd: w, 3 values, index; bwd: index, w, values, go (per ray, cached), g_w and g_values written; the
+        # output (zeroed, then atomics) and go: 3 floats per ray each
+        return (8 * F32 + 2 * I64) * n + 3 * 3 * F32 * r
+    if key not in _TRITON_FLOATS:
+        return None
+    p1, p3, calls = _TRITON_FLOATS[key]
+    total = int((p1 * min(1.0, mean_count / TRITON_BLOCK) + p3) * F32 * n)
+    if form in ("packed", "ray_indices"):
+        total += calls * (12 * n + 20 * r)
+    if form == "ray_indices":
+        total += I64 * n + 2 * I64 * r
+    return total
+
+
 def build_cases(args, device: torch.device) -> tuple[list[Case], dict]:
     r, spp, res = args.rays, args.spp, args.res
     g = torch.Generator().manual_seed(0)
-    _, ray_indices, t0, t1, n = bu.packed_layout(r, spp, device)
+    _, ray_indices, t0, t1, n = make_layout(args.dist, r, spp, device)
     # packed_info as users get it (from pack_info, like the samplers' output), for both libraries: ours marks it as
     # tiling the samples, which lets our CUDA density kernels skip a pass.
     packed_info = ours.pack_info(ray_indices, r)
     rays_o = (torch.rand(r, 3, generator=g) * 0.2 - 0.1).to(device)
     d = torch.randn(r, 3, generator=g)
     rays_d = (d / d.norm(dim=-1, keepdim=True)).to(device)
-    binaries = (torch.rand(1, res, res, res, generator=g) > 0.7).to(device)
     aabb = torch.tensor([-1.5, -1.5, -1.5, 1.5, 1.5, 1.5], device=device)
-    aabbs = aabb[None]
+    max_levels = max(levels for _, levels in args.traversal)
+    binaries_all = (torch.rand(max_levels, res, res, res, generator=g) > 0.7).to(device)
     near = torch.zeros(r, device=device)
     far = torch.full((r,), 1e10, device=device)
     sigmas = (torch.rand(n, generator=g) * 5).to(device)
@@ -107,46 +186,60 @@ def build_cases(args, device: torch.device) -> tuple[list[Case], dict]:
     alphas_b = (torch.rand(r, spp, generator=g) * 0.1).to(device)
     rgbs_b = torch.rand(r, spp, 3, generator=g).to(device)
     nb = r * spp
-    step, cone = args.step, args.cone
+    step = args.step
     cases: list[Case] = []
-
-    # ---- traversal -----------------------------------------------------------------------------------------
-    def occ_est(api):
-        est = api.OccGridEstimator(roi_aabb=aabb, resolution=res, levels=1).to(device)
-        est.binaries.copy_(binaries.view(est.binaries.shape))
-        return est
-
-    try:
-        n_trav = ours.traverse_grids(rays_o, rays_d, binaries, aabbs, near, far, step, cone)[1].vals.numel()
-    except Exception as err:  # reported again in the traversal rows
-        print(f"traverse_grids failed while sizing the inputs: {err}", flush=True)
-        n_trav = -1
-    cases.append(
-        Case(
-            "traversal",
-            "traverse_grids",
-            "rays",
-            lambda api: lambda: api.traverse_grids(rays_o, rays_d, binaries, aabbs, near, far, step, cone),
-            n_trav,
-        )
-    )
-
-    def sampling_plain(api):
-        est = occ_est(api)
-        return lambda: est.sampling(rays_o, rays_d, render_step_size=step, near_plane=0.0, cone_angle=cone)
-
-    cases.append(Case("traversal", "OccGridEstimator.sampling", "rays", sampling_plain, n_trav))
 
     def field_sigma(t_starts, t_ends, ray_idx):
         return ((t_starts + t_ends) * 3.0).sin().abs() * 20.0
 
-    def sampling_sigma(api):
-        est = occ_est(api)
-        return lambda: est.sampling(
-            rays_o, rays_d, sigma_fn=field_sigma, render_step_size=step, near_plane=0.0, cone_angle=cone
+    def occ_est(api):  # the grid-update row: the first traversal configuration's grid
+        est = api.OccGridEstimator(roi_aabb=aabb, resolution=res, levels=1).to(device)
+        est.binaries.copy_(binaries_all[:1].contiguous().view(est.binaries.shape))
+        return est
+
+    # ---- traversal (one set of rows per --traversal cone:levels) ------------------------------------------------
+    n_travs: dict[str, int] = {}
+    for cone, levels in args.traversal:
+        binaries = binaries_all[:levels].contiguous()
+        center, half = (aabb[:3] + aabb[3:]) / 2, (aabb[3:] - aabb[:3]) / 2
+        aabbs = torch.stack([torch.cat([center - half * 2**i, center + half * 2**i]) for i in range(levels)])
+        tag = f"cone {cone:g}, {levels} level{'s' if levels > 1 else ''}"
+
+        def occ_est_l(api, levels=levels, binaries=binaries):
+            est = api.OccGridEstimator(roi_aabb=aabb, resolution=res, levels=levels).to(device)
+            est.binaries.copy_(binaries.view(est.binaries.shape))
+            return est
+
+        try:
+            args_t = (rays_o, rays_d, binaries, aabbs, near, far, step, cone)
+            n_trav = ours.traverse_grids(*args_t)[1].vals.numel()
+        except Exception as err:  # reported again in the traversal rows
+            print(f"traverse_grids failed while sizing the inputs: {err}", flush=True)
+            n_trav = -1
+        n_travs[tag] = n_trav
+        cases.append(
+            Case(
+                "traversal",
+                f"traverse_grids ({tag})",
+                "rays",
+                lambda api, a=(rays_o, rays_d, binaries, aabbs, near, far, step, cone): lambda: api.traverse_grids(*a),
+                n_trav,
+            )
         )
 
-    cases.append(Case("traversal", "OccGridEstimator.sampling + sigma_fn", "rays", sampling_sigma, n_trav))
+        def sampling_plain(api, occ_est=occ_est_l, cone=cone):
+            est = occ_est(api)
+            return lambda: est.sampling(rays_o, rays_d, render_step_size=step, near_plane=0.0, cone_angle=cone)
+
+        cases.append(Case("traversal", f"OccGridEstimator.sampling ({tag})", "rays", sampling_plain, n_trav))
+
+        def sampling_sigma(api, occ_est=occ_est_l, cone=cone):
+            est = occ_est(api)
+            return lambda: est.sampling(
+                rays_o, rays_d, sigma_fn=field_sigma, render_step_size=step, near_plane=0.0, cone_angle=cone
+            )
+
+        cases.append(Case("traversal", f"OccGridEstimator.sampling + sigma_fn ({tag})", "rays", sampling_sigma, n_trav))
 
     # ---- rendering -----------------------------------------------------------------------------------------
     for form in ("packed", "ray_indices", "batched"):
@@ -414,7 +507,17 @@ def build_cases(args, device: torch.device) -> tuple[list[Case], dict]:
             nerfacc=False,
         )
     )
-    data = {"n": n, "n_trav": n_trav, "nb": nb}
+    for case in cases:
+        if args.backend == "triton":
+            mean_count = spp if case.form == "batched" else n / max(1, int((packed_info[:, 1] > 0).sum()))
+            case.model_bytes = triton_model_bytes(case.name, case.form, case.items, r, mean_count)
+        if case.name.startswith("accumulate_along_rays") and case.min_bytes is None:
+            case.min_bytes = (8 * F32 + 2 * I64) * n + 3 * 3 * F32 * r
+            case.bytes_doc = (
+                "fwd reads weights, 3 values, ray index (16 B + 8 B); bwd reads the index, weights, values, writes "
+                "their gradients (8 B + 32 B); 36 B per ray for the output and its cotangent"
+            )
+    data = {"n": n, "n_trav": ", ".join(f"{k}: {v}" for k, v in n_travs.items()), "nb": nb}
     return cases, data
 
 
@@ -497,6 +600,11 @@ def _cell(fn: Callable[[], float]) -> tuple[float | None, str | None]:
 def run(args) -> str:
     device = torch.device(args.device)
     kind = "cpp" if device.type == "cpu" else "cuda"
+    ours_api = ours
+    if args.backend == "triton":
+        import _triton_api  # noqa: PLC0415 - imports triton
+
+        ours_api = _triton_api
     env = {"NERFACCEL_SKIP_VALUE_CHECKS": "0" if args.value_checks else "1"}
     nerfacc, nf_reason = _load_nerfacc(device, args.nerfacc_module) if not args.no_nerfacc else (None, "--no-nerfacc")
     any_device = args.nerfacc_module != "nerfacc"
@@ -516,8 +624,10 @@ def run(args) -> str:
     head = ["group", "op", "form", "items"]
     if args.torch:
         head += ["torch (ms)", "torch/ours"]
-    head += [f"ours {kind} (ms)", "nerfacc (ms)", "nerfacc/ours", "target", "vs target", "pass", "max abs diff"]
-    head += ["GB/s", "% copy BW", "BW pass"]
+    ours_name = f"triton (+ {kind} for the rest)" if args.backend == "triton" else kind
+    head += [f"ours {ours_name} (ms)", "B/sample model", "B/sample min", "nerfacc (ms)", "nerfacc/ours", "target"]
+    head += ["vs target", "pass", "max abs diff"]
+    head += ["GB/s", "% copy BW", "BW pass", "model % copy BW"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 3 else "---:" for i in range(len(head))) + "|"]
     notes: list[str] = []
     summary: dict[str, list[tuple[str, float | None]]] = {}
@@ -534,7 +644,7 @@ def run(args) -> str:
     for case in cases:
         label = f"{case.name} ({case.form})"
         with _with_env({**env, "NERFACCEL_BACKEND": kind}):
-            ours_thunk, err = _cell(lambda case=case: case.make(ours))
+            ours_thunk, err = _cell(lambda case=case: case.make(ours_api))
             t_ours = None
             if err is None:
                 t_ours, err = _cell(lambda: bu.time_fn(ours_thunk, device, args.repeat, args.warmup))
@@ -545,6 +655,9 @@ def run(args) -> str:
             cells.append(f"{t_ref * 1e3:.2f}" if t_ref is not None else note(err_ref))
             cells.append(f"{t_ref / t_ours:.1f}x" if (t_ref is not None and t_ours) else "-")
         cells.append(f"{t_ours * 1e3:.3f}" if t_ours is not None else note(err))
+        per = max(case.items, 1)
+        cells.append(f"{case.model_bytes / per:.1f}" if case.model_bytes is not None else "-")
+        cells.append(f"{case.min_bytes / per:.1f}" if case.min_bytes is not None else "-")
         nf_ok = nerfacc is not None and case.nerfacc and (device.type == "cuda" or case.nerfacc_cpu or any_device)
         t_nf, ratio, diff = None, None, "-"
         if nf_ok:
@@ -579,6 +692,9 @@ def run(args) -> str:
         else:
             cells += ["-", "-", "-"]
         cells.append(diff)
+        model_share = "-"
+        if case.model_bytes is not None and t_ours and device.type == "cuda":
+            model_share = f"{case.model_bytes / t_ours / copy_bps * 100:.0f}%"
         if case.min_bytes is not None and t_ours:
             bytes_docs.setdefault(f"{case.name}", case.bytes_doc)
             gbs = case.min_bytes / t_ours / 1e9
@@ -594,6 +710,7 @@ def run(args) -> str:
                 cells.append("-")
         else:
             cells += ["-", "-", "-"]
+        cells.append(model_share)
         row = "| " + " | ".join(cells) + " |"
         lines.append(row)
         print(row, flush=True)
@@ -646,9 +763,13 @@ def run(args) -> str:
         out += ["", f"**Incomplete: {fatal}.** Rerun the remaining groups with `--only`."]
 
     meta = [
-        f"sizes: {args.rays} rays, ~{args.spp} samples/ray packed ({data['n']} samples; every 16th ray empty), "
-        f"batched {args.rays} x {args.spp} ({data['nb']} samples), grid {args.res}^3 (30% occupied, "
-        f"{data['n_trav']} samples traversed), step {args.step:.5f}, cone {args.cone}",
+        f"layout {args.layout}: {args.rays} rays, ~{args.spp} samples/ray packed ({data['n']} samples; "
+        + ("geometric counts, cap 256, 30% of the rays empty" if args.dist == "geometric" else "every 16th ray empty")
+        + f"), batched {args.rays} x {args.spp} ({data['nb']} samples), grid {args.res}^3 (30% occupied; samples "
+        f"traversed: {data['n_trav']}), step {args.step:.5f}",
+        "B/sample model: bytes the Triton kernels move per item as modelled in docs/triton.md (--backend triton "
+        "only; estimated, not measured); B/sample min: the minimum bytes per item; model % copy BW: modelled bytes / "
+        "time as a share of the measured copy bandwidth (GPU only)",
         f"timing: median of {args.repeat} after {args.warmup} warm-up calls"
         + (", CUDA events" if device.type == "cuda" else ", perf_counter"),
         f"measured copy bandwidth: {copy_bps / 1e9:.1f} GB/s ({args.copy_mib} MiB device-to-device, read + written)",
@@ -660,7 +781,7 @@ def run(args) -> str:
     ]
     if args.note:
         meta.append(f"note: {args.note}")
-    title = f"Backends on {device.type}: nerfaccel {kind}" + (" vs nerfacc" if nerfacc is not None else "")
+    title = f"Backends on {device.type}: nerfaccel {ours_name}" + (" vs nerfacc" if nerfacc is not None else "")
     text = bu.header(title, device, meta) + "\n".join(lines + out) + "\n"
     return text, bool(fatal)
 
@@ -672,7 +793,28 @@ def main() -> None:
     parser.add_argument("--spp", type=int, default=None, help="mean samples per ray; default 64 cpu, 128 cuda")
     parser.add_argument("--res", type=int, default=128, help="occupancy grid resolution")
     parser.add_argument("--step", type=float, default=3**0.5 * 3 / 1024)
-    parser.add_argument("--cone", type=float, default=0.0)
+    parser.add_argument(
+        "--traversal",
+        nargs="+",
+        default=["0:1", "0.00390625:4"],
+        help="traversal rows per cone_angle:levels (default: cone 0 with 1 level, cone 1/256 with 4 levels)",
+    )
+    parser.add_argument(
+        "--layout",
+        nargs="+",
+        default=["default"],
+        choices=list(LAYOUTS),
+        help="sample layouts, one table each (--rays/--spp override a preset's sizes): default, geo30 (2^18 rays, "
+        "geometric counts of mean 30 "
+        "capped at 256, 30%% empty), 4096x48, 4096x96, 131072x128",
+    )
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "triton"],
+        help="ours: the dispatcher's backend (auto), or the Triton kernels for the segmented ops (CUDA, or CPU under "
+        "TRITON_INTERPRET=1)",
+    )
     parser.add_argument("--repeat", type=int, default=None, help="timed calls per cell; default 5 cpu, 20 cuda")
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls first; default 1 cpu, 3 cuda")
     parser.add_argument(
@@ -697,13 +839,34 @@ def main() -> None:
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         parser.error("--device cuda but torch.cuda.is_available() is False")
-    args.rays = args.rays or (131072 if cuda else 4096)
-    args.spp = args.spp or (128 if cuda else 64)
+    if args.backend == "triton" and not cuda and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        parser.error("--backend triton runs on CUDA; on the CPU only under TRITON_INTERPRET=1 (slow: use small --rays)")
+    try:
+        args.traversal = [(float(c), int(lv)) for c, lv in (t.split(":") for t in args.traversal)]
+    except ValueError:
+        parser.error("--traversal takes cone_angle:levels pairs, e.g. 0:1 0.00390625:4")
+    rays_default, spp_default = args.rays, args.spp
     args.repeat = args.repeat or (20 if cuda else 5)
     args.warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
     args.torch = (not cuda) if args.torch is None else args.torch
     args.copy_mib = args.copy_mib or (2048 if cuda else 256)
-    text, fatal = run(args)
+    texts, fatal = [], False
+    for layout in args.layout:
+        rays, spp, args.dist = LAYOUTS[layout]
+        args.layout_name = layout
+        # an explicit --rays/--spp overrides the preset (smaller smoke runs of the same distribution)
+        args.rays = rays_default or rays or (131072 if cuda else 4096)
+        args.spp = spp_default or spp or (128 if cuda else 64)
+        print(f"== layout {layout}: {args.rays} rays, ~{args.spp} samples per ray ({args.dist})", flush=True)
+        saved = args.layout
+        args.layout = layout
+        text, bad = run(args)
+        args.layout = saved
+        texts.append(text)
+        fatal = fatal or bad
+        if bad:
+            break
+    text = "\n".join(texts)
     print()
     print(text)
     if args.out is not None:
