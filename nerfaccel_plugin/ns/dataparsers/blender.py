@@ -23,7 +23,7 @@ from nerfstudio.data.scene_box import SceneBox
 from PIL import Image
 from rich.console import Console
 
-from .checks import checked_once
+from .checks import CheckImages, checked_once, register_validator
 
 CONSOLE = Console(width=120)
 
@@ -146,6 +146,24 @@ def _generate(parser, base: type, split: str) -> DataparserOutputs:
     return outputs
 
 
+def _validate_blender_config(config: object, folder: Path, check_images: CheckImages, dynamic: bool) -> None:
+    """The inputs of a Blender / D-NeRF parser config (ours or Nerfstudio's) read from ``folder``."""
+    default = DEFAULT_DNERF if dynamic else DEFAULT_BLENDER
+    if hasattr(config, "scene_bound"):
+        _check_box(config.scene_bound)  # type: ignore[attr-defined]
+        if not folder.exists() and getattr(config, "embedded_fallback", False) and folder == default:
+            return  # the embedded scene is generated when the parser runs
+    if check_images == "full":
+        key = ("blender", str(folder.resolve()), dynamic)
+        checked_once(key, lambda: validate_blender_folder(folder, need_time=dynamic, check_images="full"))
+    else:
+        validate_blender_folder(folder, need_time=dynamic, check_images=check_images)
+
+
+register_validator(BlenderDataParserConfig, lambda c, f, i: _validate_blender_config(c, f, i, dynamic=False))
+register_validator(DNeRFDataParserConfig, lambda c, f, i: _validate_blender_config(c, f, i, dynamic=True))
+
+
 @dataclass
 class NerfaccelBlenderDataParserConfig(BlenderDataParserConfig):
     """Nerfstudio's Blender dataparser, with checks and the embedded-scene fallback."""
@@ -164,6 +182,19 @@ class NerfaccelBlenderDataParserConfig(BlenderDataParserConfig):
     """Image size of the embedded scene (``None``: the scene package's default)."""
     embedded_views: Optional[int] = None
     """Training views of the embedded scene (``None``: the scene package's default)."""
+
+    def validate_inputs(self, folder: Optional[Path] = None, check_images: CheckImages = "full") -> None:
+        """Checks the scene box option and the folder (``folder``, default ``data``) as the parser will read it.
+
+        Args:
+            folder: The folder ``--data`` names, when it replaces ``data``.
+            check_images: ``"full"`` decodes every image, ``"header"`` opens each, ``"none"`` skips images.
+
+        Raises:
+            FileNotFoundError: The folder, a transforms file or an image is missing.
+            ValueError: A transforms file, a frame or an image is unreadable or malformed, or the box is empty.
+        """
+        _validate_blender_config(self, Path(folder if folder is not None else self.data), check_images, False)
 
     def __post_init__(self) -> None:
         _check_box(self.scene_bound)
@@ -199,6 +230,19 @@ class NerfaccelDNeRFDataParserConfig(DNeRFDataParserConfig):
     """Image size of the embedded scene (``None``: the scene package's default)."""
     embedded_views: Optional[int] = None
     """Training views of the embedded scene (``None``: the scene package's default)."""
+
+    def validate_inputs(self, folder: Optional[Path] = None, check_images: CheckImages = "full") -> None:
+        """Checks the scene box option and the folder (``folder``, default ``data``) as the parser will read it.
+
+        Args:
+            folder: The folder ``--data`` names, when it replaces ``data``.
+            check_images: ``"full"`` decodes every image, ``"header"`` opens each, ``"none"`` skips images.
+
+        Raises:
+            FileNotFoundError: The folder, a transforms file or an image is missing.
+            ValueError: A transforms file, a frame or an image is unreadable or malformed, or the box is empty.
+        """
+        _validate_blender_config(self, Path(folder if folder is not None else self.data), check_images, True)
 
     def __post_init__(self) -> None:
         _check_box(self.scene_bound)
