@@ -10,11 +10,13 @@ to PyTorch). Later processes honour the marker (no new attempt) until ``nerfacce
 
 from __future__ import annotations
 
+import hashlib
 import importlib.machinery
 import importlib.util
 import json
 import os
 import shutil
+import sys
 import threading
 import time
 import warnings
@@ -38,6 +40,7 @@ from .keys import (  # noqa: F401 - re-exported: the public names of the former 
     cuda_arch_list,
     cuda_home,
     defines,
+    import_cpp_extension,
     jit_key,
     module_name,
     source_dir,
@@ -74,14 +77,137 @@ def _import_file(name: str, path: Path) -> ModuleType:
     return module
 
 
-def _built_file(directory: Path, name: str) -> Path | None:
-    if not (directory / "COMPLETE").is_file():
-        return None
+def _module_file(directory: Path, name: str) -> Path | None:
+    """The module file of a build directory (whatever its state), or None."""
     for suffix in importlib.machinery.EXTENSION_SUFFIXES + [".so"]:
         path = directory / f"{name}{suffix}"
         if path.is_file():
             return path
     return None
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """Size in bytes and SHA-256 (hex) of a file.
+
+    Args:
+        path: The file.
+
+    Returns:
+        ``(size, sha256)``.
+    """
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+def _read_complete(directory: Path) -> dict | None:
+    """The ``COMPLETE`` marker's contents ({} when unreadable), or None without one."""
+    try:
+        info = json.loads((directory / "COMPLETE").read_text() or "{}")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, UnicodeDecodeError):
+        info = {}
+    return info if isinstance(info, dict) else {}
+
+
+def _write_complete(directory: Path, path: Path | None, **fields: Any) -> None:
+    """Writes the ``COMPLETE`` marker (atomically: temporary file, then rename) with the module's size and hash."""
+    info = {**fields, "time": time.time()}
+    if path is not None:
+        size, sha = file_digest(path)
+        info.update(file=path.name, size=size, sha256=sha)
+    tmp = directory / f".COMPLETE.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, directory / "COMPLETE")
+
+
+def _probe_import(name: str, path: Path, key: str | None = None, timeout: float = 300) -> str | None:
+    """Imports module file ``path`` in a child process; returns why it failed (a crash included), or None.
+
+    Used where the file's integrity is not known (a marker written by an older nerfaccel, ``nerfaccel-build
+    --check``): a damaged file can kill the process that maps it (SIGBUS), which must not be ours.
+    """
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, importlib.machinery, importlib.util, torch\n"
+        "name, path = sys.argv[1], sys.argv[2]\n"
+        "loader = importlib.machinery.ExtensionFileLoader(name, path)\n"
+        "spec = importlib.util.spec_from_file_location(name, path, loader=loader)\n"
+        "m = importlib.util.module_from_spec(spec); loader.exec_module(m)\n"
+        "print(getattr(m, 'source_hash', ''))\n"
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code, name, str(path)], capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"cannot run a probe import ({type(err).__name__}: {err})"
+    if out.returncode != 0:
+        lines = (out.stderr or "").strip().splitlines()
+        if out.returncode < 0:
+            import signal
+
+            try:
+                sig = signal.Signals(-out.returncode).name
+            except ValueError:
+                sig = str(-out.returncode)
+            return f"importing it kills the process ({sig})"
+        return f"it cannot be imported ({lines[-1][:200] if lines else f'exit {out.returncode}'})"
+    found = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+    if key is not None and found != key:
+        return f"it was built for key {found or '(none)'}, not {key}"
+    return None
+
+
+def check_cached(directory: Path, name: str) -> tuple[Path | None, str | None]:
+    """Verifies a cached build before anything loads it.
+
+    ``COMPLETE`` records the module file's size and SHA-256; both must match the file (a truncated or overwritten
+    file is never mapped: loading one can kill the process with SIGBUS). A marker from an older nerfaccel, without
+    them, is checked by importing the file in a child process and then upgraded.
+
+    Args:
+        directory: The build directory.
+        name: The module name (:func:`module_name`).
+
+    Returns:
+        ``(path, None)`` for a verified module, ``(None, None)`` when there is no complete build, and
+        ``(None, why)`` when there is one but it is damaged.
+    """
+    info = _read_complete(directory)
+    if info is None:
+        return None, None
+    path = _module_file(directory, name)
+    if path is None:
+        return None, f"{directory / 'COMPLETE'} exists but the module file {name}.so is missing"
+    size, sha = info.get("size"), info.get("sha256")
+    if size is None or sha is None:  # a marker written before the hash was recorded
+        why = _probe_import(name, path, key=info.get("key"))
+        if why is not None:
+            return None, f"{path}: {why}"
+        _write_complete(directory, path, **{k: v for k, v in info.items() if k != "time"})
+        return path, None
+    try:
+        actual_size, actual_sha = file_digest(path)
+    except OSError as err:
+        return None, f"{path} cannot be read ({err})"
+    if actual_size != size:
+        return None, f"{path} has {actual_size} bytes, its COMPLETE marker records {size} (truncated or replaced)"
+    if actual_sha != sha:
+        return None, f"{path} does not match the SHA-256 its COMPLETE marker records (overwritten or damaged)"
+    return path, None
+
+
+def _built_file(directory: Path, name: str) -> Path | None:
+    """The verified module file of a complete build (:func:`check_cached`), or None."""
+    return check_cached(directory, name)[0]
 
 
 def _prebuilt(kind: str) -> ModuleType | None:
@@ -125,14 +251,22 @@ def _raise_if_failed_before(kind: str, directory: Path) -> None:
     )
 
 
-def compile_extension(kind: str, arch: str | None = None, force: bool = False, quiet: bool = False) -> Path:
+def compile_extension(
+    kind: str, arch: str | None = None, force: bool = False, quiet: bool = False, reject: str | None = None
+) -> Path:
     """Compiles extension ``kind`` into the cache (if not already there) and returns its directory.
 
     Args:
         kind: ``"cpp"`` or ``"cuda"``.
         arch: CUDA architectures (``TORCH_CUDA_ARCH_LIST`` syntax), default :func:`cuda_arch_list`.
         force: Rebuild even if a complete build is cached, or an earlier build failed.
-        quiet: No spinner.
+        quiet: No spinner and no progress lines.
+        reject: SHA-256 of a module file that verified but failed to load: a cached build with this hash is
+            rebuilt (one that another process has rebuilt meanwhile is kept).
+
+    Returns:
+        The build directory; its ``COMPLETE`` marker records the module file's size and SHA-256. A damaged
+        cached build (see :func:`check_cached`) is rebuilt.
 
     Raises:
         ExtensionUnavailable: The toolchain is missing, the compilation failed (see ``build.log``), or it failed
@@ -149,8 +283,11 @@ def compile_extension(kind: str, arch: str | None = None, force: bool = False, q
     def finished() -> bool:
         if force:
             return False
-        if _built_file(directory, name) is not None:
-            return True
+        path, damaged = check_cached(directory, name)
+        if path is not None:
+            return reject is None or (_read_complete(directory) or {}).get("sha256") != reject
+        if damaged is not None:
+            return False  # rebuilt below, under the lock
         _raise_if_failed_before(kind, directory)
         return False
 
@@ -175,14 +312,14 @@ def compile_extension(kind: str, arch: str | None = None, force: bool = False, q
             marker = {"error": getattr(err, "first_error", None), "log": str(directory / "build.log")}
             (directory / "FAILED").write_text(json.dumps({**marker, "time": time.time()}))
             raise
-        (directory / "COMPLETE").write_text(json.dumps({"key": key, "arch": arch, "time": time.time()}))
+        _write_complete(directory, _module_file(directory, name), key=key, arch=arch)
     finally:
         lock.release()
     return directory
 
 
 def _run_build(kind: str, key: str, arch: str | None, directory: Path, name: str, quiet: bool) -> None:
-    from torch.utils import cpp_extension
+    cpp_extension = import_cpp_extension()
 
     root = source_dir()
     define = defines(key, arch)
@@ -210,6 +347,18 @@ def _run_build(kind: str, key: str, arch: str | None, directory: Path, name: str
     try:
         if quiet:
             cpp_extension.load(**kwargs)
+        elif not _is_tty(sys.stderr):  # logs, CI, nohup: no spinner, so say what the wait is
+            print(
+                f"nerfaccel: compiling nerfaccel's C++ kernels ({kind}), first use only, about a minute",
+                file=sys.stderr,
+                flush=True,
+            )
+            cpp_extension.load(**kwargs)
+            print(
+                f"nerfaccel: compiled the {kind} kernels in {time.monotonic() - start:.0f} s -> {directory}",
+                file=sys.stderr,
+                flush=True,
+            )
         else:
             from rich.console import Console
 
@@ -230,6 +379,13 @@ def _run_build(kind: str, key: str, arch: str | None, directory: Path, name: str
             else:
                 os.environ["TORCH_CUDA_ARCH_LIST"] = saved_arch
     log.write_text(f"{what}: built in {time.monotonic() - start:.1f} s\n")
+
+
+def _is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
 
 
 def _prebuilt_cuda_runs_here(module: ModuleType) -> bool:
@@ -255,6 +411,49 @@ def _first_error_line(text: str) -> str:
     return text.strip().splitlines()[0][:200] if text.strip() else "unknown error"
 
 
+def _load_verified(name: str, path: Path, key: str) -> tuple[ModuleType | None, str | None]:
+    """Imports a module file that passed :func:`check_cached`; returns ``(module, None)`` or ``(None, why)``."""
+    try:
+        module = _import_file(name, path)
+    except (ImportError, OSError) as err:
+        return None, f"{path} cannot be loaded ({err})"
+    found = getattr(module, "source_hash", None)
+    if found is None:
+        return None, f"{path} lacks the symbol `source_hash`"
+    if found != key:
+        return None, f"{path} was built for key {found}, not {key}"
+    return module, None
+
+
+def _load_cached_or_build(kind: str) -> ModuleType:
+    """The lazily built extension: the verified cached build, else a build now. A damaged cached build (size,
+    hash, loading or its key symbol) is rebuilt once under the lock; if that fails, ExtensionUnavailable."""
+    arch = cuda_arch_list() if kind == "cuda" else None
+    key = jit_key(kind, arch=arch)
+    name = module_name(kind, key)
+    directory = build_dir(kind, key)
+    path, damaged = check_cached(directory, name)
+    reject = None
+    if path is not None:
+        module, damaged = _load_verified(name, path, key)
+        if module is not None:
+            _status[kind] = f"cached ({directory})"
+            return module
+        reject = (_read_complete(directory) or {}).get("sha256")
+    if damaged is not None:
+        print(f"nerfaccel: the cached {kind} extension is damaged ({damaged}); rebuilding it.", file=sys.stderr)
+    directory = compile_extension(kind, arch=arch, reject=reject)
+    path, why = check_cached(directory, name)
+    what = "rebuilding the damaged" if damaged is not None else "building the"
+    if path is None:
+        raise ExtensionUnavailable(f"{what} {kind} extension failed: {why or f'no module file in {directory}'}")
+    module, why = _load_verified(name, path, key)
+    if module is None:
+        raise ExtensionUnavailable(f"{what} {kind} extension failed: {why}")
+    _status[kind] = f"{'rebuilt' if damaged is not None else 'built'} ({directory})"
+    return module
+
+
 def get_module(kind: str) -> ModuleType:
     """The loaded extension ``kind`` (prebuilt, cached, or compiled now), cached in this process.
 
@@ -274,19 +473,7 @@ def get_module(kind: str) -> ModuleType:
             if module is not None:
                 _status[kind] = f"prebuilt ({module.__file__})"
             else:
-                arch = cuda_arch_list() if kind == "cuda" else None
-                key = jit_key(kind, arch=arch)
-                directory = build_dir(kind, key)
-                cached = _built_file(directory, module_name(kind, key)) is not None
-                directory = compile_extension(kind, arch=arch)
-                path = _built_file(directory, module_name(kind, key))
-                if path is None:
-                    raise ExtensionUnavailable(f"the {kind} extension build left no module in {directory}")
-                try:
-                    module = _import_file(module_name(kind, key), path)
-                except ImportError as err:
-                    raise ExtensionUnavailable(f"the {kind} extension was built but cannot be imported: {err}") from err
-                _status[kind] = f"{'cached' if cached else 'built'} ({directory})"
+                module = _load_cached_or_build(kind)
         except ExtensionUnavailable as err:
             _failures[kind] = err.reason
             _status[kind] = f"failed: {err.reason}"

@@ -232,11 +232,44 @@ def _setup_cuda_home() -> None:
             sys.modules["torch.utils.cpp_extension"].CUDA_HOME = str(default)
 
 
+def import_cpp_extension():
+    """``torch.utils.cpp_extension``, imported without its import-time CUDA-home probe line.
+
+    On a machine without a GPU that import logs ``No CUDA runtime is found, using CUDA_HOME=...`` although
+    nothing is wrong (the CPU build needs no CUDA; a CUDA build needs only the toolkit). The logger is raised to
+    ERROR for the import only; anything that actually fails later is still reported.
+
+    Returns:
+        The ``torch.utils.cpp_extension`` module.
+    """
+    import logging
+
+    name = "torch.utils.cpp_extension"
+    if name in sys.modules:
+        return sys.modules[name]
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        logger.setLevel(level)
+    return cpp_extension
+
+
 def toolchain_problem(kind: str) -> str | None:
-    """Why extension ``kind`` cannot be compiled here, or None."""
+    """Why extension ``kind`` cannot be compiled here, or None.
+
+    Args:
+        kind: ``"cpp"`` or ``"cuda"``.
+
+    Returns:
+        A short reason naming the missing tool and the fix, or None when the toolchain is complete.
+    """
     _setup_cuda_home()
     import torch
-    from torch.utils import cpp_extension
+
+    cpp_extension = import_cpp_extension()
 
     cxx = os.environ.get("CXX", "c++")
     if shutil.which(cxx) is None:
