@@ -195,7 +195,28 @@ def pick_checkpoint(folder: Path, step: Optional[int] = None) -> tuple[Path, int
 
 
 class NerfaccelTrainer(Trainer):
-    """Nerfstudio's trainer with atomic checkpoint saves and a resume that skips damaged checkpoints."""
+    """Nerfstudio's trainer with atomic checkpoint saves and a resume that skips damaged checkpoints; on the CPU its
+    thread count follows the cores other processes leave free (:class:`~nerfaccel_plugin.ns.threads.ThreadGovernor`).
+    """
+
+    _governor = None
+
+    def train_iteration(self, step: int):
+        """Nerfstudio's training step; on the CPU, first adapts the thread count to the free cores.
+
+        Args:
+            step: Current training step.
+
+        Returns:
+            Nerfstudio's ``(loss, loss_dict, metrics_dict)``.
+        """
+        if self.device == "cpu" or str(self.device).startswith("cpu"):
+            if self._governor is None:
+                from .threads import ThreadGovernor
+
+                self._governor = ThreadGovernor()
+            self._governor.step()
+        return super().train_iteration(step)
 
     def save_checkpoint(self, step: int) -> None:
         """Saves the pipeline, optimizers, schedulers and grad scaler atomically (:func:`save_checkpoint`).

@@ -69,7 +69,7 @@ class NerfaccelDataManager(VanillaDataManager[InputDataset]):
     config: NerfaccelDataManagerConfig
 
     def _num_workers(self) -> int:
-        n = self.config.num_workers
+        n = getattr(self.config, "num_workers", None)  # a config.yml from before this option: the default
         return default_num_workers(self.world_size) if n is None else n
 
     def setup_train(self) -> None:

@@ -9,6 +9,8 @@ front (folder, transforms file, every image readable) and a bad one is reported 
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -71,11 +73,21 @@ def validate_blender_folder(
             raise ValueError(f"Cannot read transforms file {path}: {err}") from err
         if not isinstance(meta, dict) or "camera_angle_x" not in meta or not meta.get("frames"):
             raise ValueError(f"Transforms file {path} needs `camera_angle_x` and a non-empty `frames` list.")
+        check_camera_angle(meta["camera_angle_x"], path)
+        first: dict[tuple, Path] = {}  # (width, height, channels) -> the first image that has it
+        with_time = 0
         for i, frame in enumerate(meta["frames"]):
-            if "file_path" not in frame or "transform_matrix" not in frame:
+            if not isinstance(frame, dict) or "file_path" not in frame or "transform_matrix" not in frame:
                 raise ValueError(f"{path}: frame {i} needs `file_path` and `transform_matrix`.")
-            if need_time and "time" not in frame:
-                raise ValueError(f"{path}: frame {i} has no `time` (needed for dynamic scenes).")
+            check_pose(frame["transform_matrix"], path, i)
+            if "time" in frame:
+                with_time += 1
+                check_time(frame["time"], path, i)
+            elif need_time:
+                raise ValueError(
+                    f"{path}: frame {i} has no `time` (nerfaccel-dnerf needs one per frame, in [0, 1]); for a "
+                    "static scene use nerfaccel-lego."
+                )
             if check_images == "none":
                 continue
             image = _image_path(folder, frame["file_path"])
@@ -85,8 +97,111 @@ def validate_blender_folder(
                 with Image.open(image) as img:
                     if check_images == "full":
                         img.load()
+                    shape = (*img.size, len(img.getbands()))
             except Exception as err:  # PIL raises many types for corrupt files
                 raise ValueError(f"Image {image} (frame {i} of {path}) is unreadable: {err}") from err
+            if first and shape not in first:
+                (other_shape, other), *_ = first.items()
+                raise ValueError(
+                    f"Images of the {split} split differ in size or channels: {other} is {_describe(other_shape)}, "
+                    f"{image} (frame {i}) is {_describe(shape)}. Every image of a split must have the same size "
+                    "and the same channels (all RGB or all RGBA)."
+                )
+            first.setdefault(shape, image)
+        if with_time and not need_time:
+            _warn_unused_time(folder, path, with_time, len(meta["frames"]))
+
+
+def _describe(shape: tuple) -> str:
+    width, height, channels = shape
+    name = {1: "grey", 2: "grey+alpha", 3: "RGB", 4: "RGBA"}.get(channels, f"{channels}-channel")
+    return f"{width}x{height} {name}"
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_camera_angle(value: object, path: Path) -> None:
+    """``camera_angle_x`` of a transforms file: a number in (0, pi) radians (the horizontal field of view).
+
+    Args:
+        value: The value read from the file.
+        path: The transforms file (named in the error).
+
+    Raises:
+        ValueError: Not a number, not finite, or outside (0, pi).
+    """
+    if not _is_number(value) or not math.isfinite(value):
+        raise ValueError(
+            f"{path}: `camera_angle_x` must be a number (the horizontal field of view in radians), got {value!r}."
+        )
+    if not 0 < value < math.pi:
+        raise ValueError(
+            f"{path}: `camera_angle_x` = {value} is not a field of view: it must be in (0, pi) radians "
+            "(0 makes every ray of a view point the same way)."
+        )
+
+
+def check_pose(matrix: object, path: Path, index: int) -> None:
+    """A frame's ``transform_matrix``: 4x4 finite numbers whose rotation part is not singular.
+
+    Args:
+        matrix: The value read from the file.
+        path: The transforms file (named in the error).
+        index: The frame's index in ``frames`` (named in the error).
+
+    Raises:
+        ValueError: Not a 4x4 list of numbers (a 3x4 matrix says how to fix it), NaN or infinite entries, or a
+            singular rotation.
+    """
+    where = f"{path}: frame {index} `transform_matrix`"
+    rows = matrix if isinstance(matrix, list) else None
+    if rows is None or not all(isinstance(r, list) for r in rows):
+        raise ValueError(f"{where} must be a 4x4 list of numbers, got {type(matrix).__name__}.")
+    shape = f"{len(rows)}x{'/'.join(sorted({str(len(r)) for r in rows})) or 0}"
+    if shape == "3x4":
+        raise ValueError(f"{where} is 3x4; Blender transforms need 4x4 camera-to-world matrices (add [0, 0, 0, 1]).")
+    if shape != "4x4":
+        raise ValueError(f"{where} is {shape}; it must be a 4x4 camera-to-world matrix.")
+    if not all(_is_number(v) for r in rows for v in r):
+        raise ValueError(f"{where} has entries that are not numbers.")
+    if not all(math.isfinite(v) for r in rows for v in r):
+        raise ValueError(f"{where} has NaN or infinite entries.")
+    (a, b, c), (d, e, f), (g, h, k) = (r[:3] for r in rows[:3])
+    det = a * (e * k - f * h) - b * (d * k - f * g) + c * (d * h - e * g)
+    if abs(det) < 1e-8:
+        raise ValueError(f"{where} has a singular rotation (determinant {det:g}); it is not a camera pose.")
+
+
+def check_time(value: object, path: Path, index: int) -> None:
+    """A D-NeRF frame's ``time``: a finite number.
+
+    Args:
+        value: The value read from the file.
+        path: The transforms file (named in the error).
+        index: The frame's index (named in the error).
+
+    Raises:
+        ValueError: Not a finite number.
+    """
+    if not _is_number(value) or not math.isfinite(value):
+        raise ValueError(f"{path}: frame {index} `time` must be a finite number (in [0, 1]), got {value!r}.")
+
+
+_TIME_WARNED: set = set()
+
+
+def _warn_unused_time(folder: Path, path: Path, n: int, total: int) -> None:
+    if str(folder.resolve()) in _TIME_WARNED:  # once per folder and process
+        return
+    _TIME_WARNED.add(str(folder.resolve()))
+    warnings.warn(
+        f"nerfaccel: {path} gives a `time` for {n} of {total} frames, but this method trains a static scene and "
+        "ignores it; for a dynamic (D-NeRF) scene use nerfaccel-dnerf.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _check_box(bound: float) -> None:
