@@ -30,10 +30,12 @@ UPSTREAM_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
     (UserWarning, r"Using a non-tuple sequence for multidimensional indexing is deprecated", r"nerfstudio\."),
     (UserWarning, r"Converting a tensor with requires_grad=True to a scalar", r"nerfstudio\."),
     (UserWarning, r"This DataLoader will create \d+ worker processes in total", r"torch\.utils\.data"),
+    (FutureWarning, r"Importing `spectral_angle_mapper` from `torchmetrics\.functional`", r"torchmetrics\."),
 )
 """(category, message regex, module regex) of each upstream warning that is ignored while our commands run:
 Nerfstudio 1.1 against PyTorch >= 2.4 (TorchScript, ``torch.cuda.amp``, list indexing, ``float()`` of a tensor
-that requires grad in its writer), and PyTorch's DataLoader
+that requires grad in its writer), torchmetrics' renamed ``spectral_angle_mapper`` (imported by Nerfstudio's
+evaluation), and PyTorch's DataLoader
 worker-count advice (our data managers size their workers to the cores, see :mod:`.datamanager`)."""
 
 _installed = False
