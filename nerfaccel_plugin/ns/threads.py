@@ -47,12 +47,14 @@ class ThreadGovernor:
     Args:
         every: Re-estimate every this many calls of :meth:`step`.
         cores: Cores this process may use (default: its CPU affinity).
+        first: The first estimate comes after this many calls.
     """
 
-    def __init__(self, every: int = 20, cores: Optional[int] = None) -> None:
+    def __init__(self, every: int = 20, cores: Optional[int] = None, first: int = 5) -> None:
         import torch
 
         self.every = max(1, every)
+        self.first = first
         try:
             affinity = len(os.sched_getaffinity(0))
         except (AttributeError, OSError):  # pragma: no cover - platforms without affinity
@@ -87,7 +89,7 @@ class ThreadGovernor:
         if self._last is None:
             self._last = self._sample()
             return self.threads
-        if self._calls % self.every:
+        if self._calls % self.every and self._calls != self.first:
             return self.threads
         now = self._sample()
         if now is None or self._last is None:
@@ -112,3 +114,49 @@ class ThreadGovernor:
 
             torch.set_num_threads(threads)
             self.threads = threads
+
+
+ENV_REEXEC = "NERFACCEL_PASSIVE_OPENMP"
+_IMPORT_TIME_WARNINGS = (
+    "`torch.jit.script` is deprecated",
+    "`torch.cuda.amp.custom_fwd(args...)` is deprecated",
+    "`torch.cuda.amp.custom_bwd(args...)` is deprecated",
+)
+
+
+def reexec_with_passive_openmp(argv: Optional[list] = None) -> None:
+    """Restarts this command with ``OMP_WAIT_POLICY=PASSIVE`` when it runs a nerfaccel method on a machine without
+    a GPU and nobody chose a wait policy.
+
+    OpenMP reads its wait policy when torch is imported, which Nerfstudio does before it loads any plugin; by default
+    its idle threads spin, and on a machine where another process takes a core every parallel loop waits for a
+    thread that is not running (measured on 2 shared cores: see ``benchmarks/results/under_load.md``). The restart
+    costs one more import of Nerfstudio (seconds). ``NERFACCEL_PASSIVE_OPENMP=0`` or any ``OMP_WAIT_POLICY`` /
+    ``GOMP_SPINCOUNT`` in the environment skips it.
+
+    Args:
+        argv: The command line (default ``sys.argv``).
+    """
+    import sys
+
+    argv = list(sys.argv if argv is None else argv)
+    if os.environ.get(ENV_REEXEC, "1") == "0" or "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return
+    script = argv[0] if argv else ""
+    if not script or not os.path.isfile(script) or os.path.basename(script) not in ("ns-train",):
+        return
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return
+    except Exception:  # noqa: BLE001 - no torch / broken CUDA: leave the command alone
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ[ENV_REEXEC] = "0"  # once
+    # The warnings Nerfstudio raised while importing itself were printed by this process already: not again.
+    shown = [f"ignore:{m}:FutureWarning" for m in _IMPORT_TIME_WARNINGS]
+    os.environ["PYTHONWARNINGS"] = ",".join([w for w in [os.environ.get("PYTHONWARNINGS", "")] if w] + shown)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, script, *argv[1:]])

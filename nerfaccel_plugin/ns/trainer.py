@@ -132,6 +132,9 @@ def follow_checkpoint_hash_backend(config: TrainerConfig) -> None:
 
 
 if console.running_our_method():  # ns-train nerfaccel-...: upstream noise filtered, no warning shown twice
+    from nerfaccel_plugin.ns.threads import reexec_with_passive_openmp
+
+    reexec_with_passive_openmp()  # CPU only: OpenMP threads that sleep instead of spinning (restarts the command)
     console.install()
 
 

@@ -9,7 +9,6 @@ front (folder, transforms file, every image readable) and a bad one is reported 
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from nerfstudio.data.scene_box import SceneBox
 from PIL import Image
 from rich.console import Console
 
-from .checks import CheckImages, checked_once, register_validator
+from .checks import CheckImages, check_camera_angle, check_pose, check_time, checked_once, register_validator
 
 CONSOLE = Console(width=120)
 
@@ -116,77 +115,6 @@ def _describe(shape: tuple) -> str:
     width, height, channels = shape
     name = {1: "grey", 2: "grey+alpha", 3: "RGB", 4: "RGBA"}.get(channels, f"{channels}-channel")
     return f"{width}x{height} {name}"
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def check_camera_angle(value: object, path: Path) -> None:
-    """``camera_angle_x`` of a transforms file: a number in (0, pi) radians (the horizontal field of view).
-
-    Args:
-        value: The value read from the file.
-        path: The transforms file (named in the error).
-
-    Raises:
-        ValueError: Not a number, not finite, or outside (0, pi).
-    """
-    if not _is_number(value) or not math.isfinite(value):
-        raise ValueError(
-            f"{path}: `camera_angle_x` must be a number (the horizontal field of view in radians), got {value!r}."
-        )
-    if not 0 < value < math.pi:
-        raise ValueError(
-            f"{path}: `camera_angle_x` = {value} is not a field of view: it must be in (0, pi) radians "
-            "(0 makes every ray of a view point the same way)."
-        )
-
-
-def check_pose(matrix: object, path: Path, index: int) -> None:
-    """A frame's ``transform_matrix``: 4x4 finite numbers whose rotation part is not singular.
-
-    Args:
-        matrix: The value read from the file.
-        path: The transforms file (named in the error).
-        index: The frame's index in ``frames`` (named in the error).
-
-    Raises:
-        ValueError: Not a 4x4 list of numbers (a 3x4 matrix says how to fix it), NaN or infinite entries, or a
-            singular rotation.
-    """
-    where = f"{path}: frame {index} `transform_matrix`"
-    rows = matrix if isinstance(matrix, list) else None
-    if rows is None or not all(isinstance(r, list) for r in rows):
-        raise ValueError(f"{where} must be a 4x4 list of numbers, got {type(matrix).__name__}.")
-    shape = f"{len(rows)}x{'/'.join(sorted({str(len(r)) for r in rows})) or 0}"
-    if shape == "3x4":
-        raise ValueError(f"{where} is 3x4; Blender transforms need 4x4 camera-to-world matrices (add [0, 0, 0, 1]).")
-    if shape != "4x4":
-        raise ValueError(f"{where} is {shape}; it must be a 4x4 camera-to-world matrix.")
-    if not all(_is_number(v) for r in rows for v in r):
-        raise ValueError(f"{where} has entries that are not numbers.")
-    if not all(math.isfinite(v) for r in rows for v in r):
-        raise ValueError(f"{where} has NaN or infinite entries.")
-    (a, b, c), (d, e, f), (g, h, k) = (r[:3] for r in rows[:3])
-    det = a * (e * k - f * h) - b * (d * k - f * g) + c * (d * h - e * g)
-    if abs(det) < 1e-8:
-        raise ValueError(f"{where} has a singular rotation (determinant {det:g}); it is not a camera pose.")
-
-
-def check_time(value: object, path: Path, index: int) -> None:
-    """A D-NeRF frame's ``time``: a finite number.
-
-    Args:
-        value: The value read from the file.
-        path: The transforms file (named in the error).
-        index: The frame's index (named in the error).
-
-    Raises:
-        ValueError: Not a finite number.
-    """
-    if not _is_number(value) or not math.isfinite(value):
-        raise ValueError(f"{path}: frame {index} `time` must be a finite number (in [0, 1]), got {value!r}.")
 
 
 _TIME_WARNED: set = set()

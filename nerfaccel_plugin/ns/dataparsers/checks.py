@@ -13,6 +13,7 @@ dataparser modules import.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Literal, Optional
@@ -79,3 +80,75 @@ def validate_dataparser_inputs(
         if validator is not None:
             validator(parser_config, folder, check_images)
             return
+
+
+# Field checks shared by the dataparsers (no imports of theirs).
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_camera_angle(value: object, path: Path) -> None:
+    """``camera_angle_x`` of a transforms file: a number in (0, pi) radians (the horizontal field of view).
+
+    Args:
+        value: The value read from the file.
+        path: The transforms file (named in the error).
+
+    Raises:
+        ValueError: Not a number, not finite, or outside (0, pi).
+    """
+    if not _is_number(value) or not math.isfinite(value):
+        raise ValueError(
+            f"{path}: `camera_angle_x` must be a number (the horizontal field of view in radians), got {value!r}."
+        )
+    if not 0 < value < math.pi:
+        raise ValueError(
+            f"{path}: `camera_angle_x` = {value} is not a field of view: it must be in (0, pi) radians "
+            "(0 makes every ray of a view point the same way)."
+        )
+
+
+def check_pose(matrix: object, path: Path, index: int) -> None:
+    """A frame's ``transform_matrix``: 4x4 finite numbers whose rotation part is not singular.
+
+    Args:
+        matrix: The value read from the file.
+        path: The transforms file (named in the error).
+        index: The frame's index in ``frames`` (named in the error).
+
+    Raises:
+        ValueError: Not a 4x4 list of numbers (a 3x4 matrix says how to fix it), NaN or infinite entries, or a
+            singular rotation.
+    """
+    where = f"{path}: frame {index} `transform_matrix`"
+    rows = matrix if isinstance(matrix, list) else None
+    if rows is None or not all(isinstance(r, list) for r in rows):
+        raise ValueError(f"{where} must be a 4x4 list of numbers, got {type(matrix).__name__}.")
+    shape = f"{len(rows)}x{'/'.join(sorted({str(len(r)) for r in rows})) or 0}"
+    if shape == "3x4":
+        raise ValueError(f"{where} is 3x4; it must be a 4x4 camera-to-world matrix (add the row [0, 0, 0, 1]).")
+    if shape != "4x4":
+        raise ValueError(f"{where} is {shape}; it must be a 4x4 camera-to-world matrix.")
+    if not all(_is_number(v) for r in rows for v in r):
+        raise ValueError(f"{where} has entries that are not numbers.")
+    if not all(math.isfinite(v) for r in rows for v in r):
+        raise ValueError(f"{where} has NaN or infinite entries.")
+    (a, b, c), (d, e, f), (g, h, k) = (r[:3] for r in rows[:3])
+    det = a * (e * k - f * h) - b * (d * k - f * g) + c * (d * h - e * g)
+    if abs(det) < 1e-8:
+        raise ValueError(f"{where} has a singular rotation (determinant {det:g}); it is not a camera pose.")
+
+
+def check_time(value: object, path: Path, index: int) -> None:
+    """A D-NeRF frame's ``time``: a finite number.
+
+    Args:
+        value: The value read from the file.
+        path: The transforms file (named in the error).
+        index: The frame's index (named in the error).
+
+    Raises:
+        ValueError: Not a finite number.
+    """
+    if not _is_number(value) or not math.isfinite(value):
+        raise ValueError(f"{path}: frame {index} `time` must be a finite number (in [0, 1]), got {value!r}.")

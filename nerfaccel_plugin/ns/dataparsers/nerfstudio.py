@@ -18,7 +18,7 @@ from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import Nerfstudio, NerfstudioDataParserConfig
 from PIL import Image
 
-from .checks import CheckImages, checked_once, register_validator
+from .checks import CheckImages, check_pose, checked_once, register_validator
 
 _INTRINSICS = ("fl_x", "fl_y", "cx", "cy", "h", "w")
 
@@ -82,6 +82,7 @@ def validate_nerfstudio_folder(
     for i, frame in enumerate(frames):
         if not isinstance(frame, dict) or "file_path" not in frame or "transform_matrix" not in frame:
             raise ValueError(f"{transforms}: frame {i} needs `file_path` and `transform_matrix`.")
+        check_pose(frame["transform_matrix"], transforms, i)
         missing = [k for k in _INTRINSICS if k not in meta and k not in frame]
         if missing:
             raise ValueError(f"{transforms}: frame {i} has no {', '.join(missing)} (per frame or for all frames).")
