@@ -185,3 +185,20 @@ def test_cli_build_rebuilds_a_damaged_cache(monkeypatch, tmp_path, good_build, c
     assert cli.main(["--cpu", "--quiet"]) == 0
     assert calls == ["cpp"]
     assert build.check_cached(directory, module.name.split(".")[0])[0] == module
+
+
+def test_loading_a_cached_build_does_not_import_the_compiler_machinery(tmp_path, good_build):
+    """A verified cached build loads without torch.utils.cpp_extension (slow to import, and its CUDA-home probe
+    printed "No CUDA runtime is found" on every run of a machine without a GPU)."""
+    root, _, _ = _scratch_cache(tmp_path, good_build)
+    code = (
+        "import sys\n"
+        "from nerfaccel_plugin._ext import build\n"
+        "build.get_module('cpp')\n"
+        "print(build.status('cpp'), 'torch.utils.cpp_extension' in sys.modules)\n"
+    )
+    env = {**os.environ, build.ENV_EXT_DIR: str(root)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[0] == "cached" and out.stdout.split()[-1] == "False", out.stdout
+    assert "No CUDA runtime" not in out.stderr
