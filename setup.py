@@ -37,7 +37,8 @@ def _extensions(mode: str):
     """Extension modules and build command for ``NERFACCEL_BUILD_EXT=mode``."""
     from torch.utils import cpp_extension
 
-    spec = importlib.util.spec_from_file_location("_nerfaccel_build", ROOT / "nerfaccel_plugin" / "_ext" / "build.py")
+    # the cache-key module only (standard library at import; the build-and-load module needs the package)
+    spec = importlib.util.spec_from_file_location("_nerfaccel_keys", ROOT / "nerfaccel_plugin" / "_ext" / "keys.py")
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
     build._setup_cuda_home()
@@ -60,7 +61,7 @@ def _extensions(mode: str):
             )
         )
     if "cuda" in wanted:
-        problem = build._toolchain_problem("cuda")
+        problem = build.toolchain_problem("cuda")
         if problem and explicit_cuda:
             raise RuntimeError(f"NERFACCEL_BUILD_EXT={mode}: cannot build the CUDA extension: {problem}")
         if not problem:

@@ -20,6 +20,7 @@ import torch
 
 from nerfaccel_plugin import _ext
 from nerfaccel_plugin._ext import build
+from nerfaccel_plugin._ext import keys as ext_keys
 
 
 def test_import_is_cheap_and_never_compiles():
@@ -450,25 +451,25 @@ def test_cache_key_tracks_the_toolchain(monkeypatch, tmp_path):
         name = "nvcc" if cmd[0].endswith("nvcc") else "c++"
         return subprocess.CompletedProcess(cmd, 0, stdout=versions[name], stderr="")
 
-    monkeypatch.setattr(build.subprocess, "run", fake_run)
-    monkeypatch.setattr(build, "_tool_versions", {})
+    monkeypatch.setattr(ext_keys.subprocess, "run", fake_run)
+    monkeypatch.setattr(ext_keys, "_tool_versions", {})
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setenv("CUDA_HOME", "/opt/cuda-a")
     keys = {kind: build.cache_key(kind, root=src, arch="9.0", toolchain=True) for kind in ("cpp", "cuda")}
     plain = {kind: build.cache_key(kind, root=src, arch="9.0") for kind in ("cpp", "cuda")}
     assert build.cache_key("cpp", root=src, toolchain=True) == keys["cpp"]
     assert len(calls) == 2  # one --version per compiler, however often the key is computed
-    monkeypatch.setattr(build, "_tool_versions", {})
+    monkeypatch.setattr(ext_keys, "_tool_versions", {})
     versions["c++"] = "g++ (GCC) 13.1.0"
     assert build.cache_key("cpp", root=src, toolchain=True) != keys["cpp"]
     assert build.cache_key("cpp", root=src) == plain["cpp"]
     versions["c++"] = "g++ (GCC) 12.2.0"
     versions["nvcc"] = "Cuda compilation tools, release 12.8"
-    monkeypatch.setattr(build, "_tool_versions", {})
+    monkeypatch.setattr(ext_keys, "_tool_versions", {})
     assert build.cache_key("cuda", root=src, arch="9.0", toolchain=True) != keys["cuda"]
     versions["nvcc"] = "Cuda compilation tools, release 12.4"
     assert build.cache_key("cuda", root=src, arch="9.0", toolchain=True) != keys["cuda"]  # (still cached: 12.8)
-    monkeypatch.setattr(build, "_tool_versions", {})
+    monkeypatch.setattr(ext_keys, "_tool_versions", {})
     assert build.cache_key("cuda", root=src, arch="9.0", toolchain=True) == keys["cuda"]
     monkeypatch.setenv("CUDA_HOME", "/opt/cuda-b")
     assert build.cache_key("cuda", root=src, arch="9.0", toolchain=True) != keys["cuda"]

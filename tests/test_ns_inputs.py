@@ -328,3 +328,176 @@ def test_cli_ngp_without_transforms_writes_nothing(tmp_path: Path) -> None:
     text = proc.stdout + proc.stderr
     assert "transforms.json" in text and "FileNotFoundError" in text, text[-3000:]
     assert not (tmp_path / "out").exists()
+
+
+# --- poses, field of view, image sizes and channels, time: checked before anything is written ----------------------
+
+
+def _edit_transforms(data: Path, split: str, edit) -> None:
+    path = data / f"transforms_{split}.json"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+
+
+def _frame_image(data: Path, split: str, index: int) -> Path:
+    frame = json.loads((data / f"transforms_{split}.json").read_text())["frames"][index]
+    return data / (frame["file_path"].replace("./", "") + ".png")
+
+
+def _set(meta: dict, path: tuple, value) -> None:
+    target = meta
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+
+
+def _resize_image(data: Path, split: str, index: int, size=None, mode=None) -> Path:
+    from PIL import Image
+
+    image = _frame_image(data, split, index)
+    with Image.open(image) as img:
+        out = img.convert(mode) if mode else img.copy()
+    if size:
+        out = out.resize(size)
+    out.save(image)
+    return image
+
+
+def _nan_pose(d: Path) -> None:
+    _edit_transforms(d, "train", lambda m: _set(m, ("frames", 2, "transform_matrix", 0, 3), float("nan")))
+
+
+def _pose_3x4(d: Path) -> None:
+    _edit_transforms(
+        d, "train", lambda m: _set(m, ("frames", 1, "transform_matrix"), m["frames"][1]["transform_matrix"][:3])
+    )
+
+
+def _text_in_pose(d: Path) -> None:
+    _edit_transforms(d, "train", lambda m: _set(m, ("frames", 0, "transform_matrix", 1, 1), "x"))
+
+
+BAD_INPUTS = {
+    # case: (edit of the copied scene, words the error must contain)
+    "nan-pose": (_nan_pose, ["transforms_train.json", "frame 2", "NaN or infinite"]),
+    "3x4-pose": (_pose_3x4, ["frame 1", "3x4", "[0, 0, 0, 1]"]),
+    "string-pose-entry": (_text_in_pose, ["frame 0", "not numbers"]),
+    "zero-fov": (
+        lambda d: _edit_transforms(d, "train", lambda m: m.update(camera_angle_x=0)),
+        ["transforms_train.json", "camera_angle_x", "(0, pi)"],
+    ),
+    "text-fov": (
+        lambda d: _edit_transforms(d, "train", lambda m: m.update(camera_angle_x="wide")),
+        ["transforms_train.json", "camera_angle_x", "must be a number"],
+    ),
+    "mixed-sizes": (lambda d: _resize_image(d, "train", 3, size=(8, 8)), ["differ in size or channels", "8x8"]),
+    "mixed-channels": (
+        lambda d: _resize_image(d, "train", 2, mode="RGB"),
+        ["differ in size or channels", "RGB", "RGBA"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_named(case: str, scene: Path, tmp_path: Path) -> None:
+    data = copy_scene(scene, tmp_path)
+    edit, words = BAD_INPUTS[case]
+    edit(data)
+    with pytest.raises(ValueError) as err:
+        validate_blender_folder(data)
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))
+
+
+def test_singular_rotation_is_not_a_pose(scene: Path, tmp_path: Path) -> None:
+    data = copy_scene(scene, tmp_path)
+    zero = [[0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0]]
+    _edit_transforms(data, "val", lambda m: _set(m, ("frames", 0, "transform_matrix"), zero))
+    with pytest.raises(ValueError, match="transforms_val.json: frame 0 .*singular"):
+        validate_blender_folder(data)
+
+
+def test_mixed_sizes_name_two_files(scene: Path, tmp_path: Path) -> None:
+    data = copy_scene(scene, tmp_path)
+    odd = _resize_image(data, "train", 3, size=(8, 8))
+    with pytest.raises(ValueError) as err:
+        validate_blender_folder(data, check_images="header")
+    assert str(odd) in str(err.value) and str(_frame_image(data, "train", 0)) in str(err.value)
+
+
+def test_time_values_for_a_static_method_warn_once(tmp_path_factory, tmp_path: Path) -> None:
+    import os
+    import warnings
+
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache-dyn"))
+    try:
+        from nerfaccel_plugin.scene import get_scene
+
+        dynamic = Path(get_scene(dynamic=True, resolution=16, views=5))
+    finally:
+        if old is None:
+            os.environ.pop("XDG_CACHE_HOME", None)
+        else:
+            os.environ["XDG_CACHE_HOME"] = old
+    data = copy_scene(dynamic, tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        validate_blender_folder(data, need_time=False, check_images="none")
+        validate_blender_folder(data, need_time=False, check_images="none")
+    messages = [str(w.message) for w in caught if "ignores it" in str(w.message)]
+    assert len(messages) == 1 and "nerfaccel-dnerf" in messages[0]
+    validate_blender_folder(data, need_time=True, check_images="none")  # the dynamic method uses them
+    _edit_transforms(data, "train", lambda m: _set(m, ("frames", 1, "time"), "noon"))
+    with pytest.raises(ValueError, match="frame 1 `time` must be a finite number"):
+        validate_blender_folder(data, need_time=True, check_images="none")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["nan-pose", "zero-fov", "text-fov", "3x4-pose", "mixed-sizes", "mixed-channels"])
+def test_cli_bad_input_stops_before_config_is_written(case: str, scene: Path, tmp_path: Path) -> None:
+    """The real ``ns-train`` with ``--data``: the error names the problem, and no run folder (no config.yml)."""
+    import os
+    import subprocess
+    import sys
+
+    from test_ns_methods import keep_extension_cache
+
+    data = copy_scene(scene, tmp_path)
+    edit, words = BAD_INPUTS[case]
+    edit(data)
+    env = dict(os.environ)
+    keep_extension_cache(env)
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ns-train"), "nerfaccel-lego", "--vis", "tensorboard",
+         "--output-dir", str(tmp_path / "out"), "--data", str(data)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    for word in words:
+        assert word in proc.stdout + proc.stderr, (word, proc.stderr[-3000:])
+    assert not list(tmp_path.glob("out/**/config.yml")) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_cli_dnerf_without_time_stops_before_config_is_written(scene: Path, tmp_path: Path) -> None:
+    """A static folder (no `time`) given to the dynamic method: an error naming the file, nothing written."""
+    import os
+    import subprocess
+    import sys
+
+    from test_ns_methods import keep_extension_cache
+
+    env = dict(os.environ)
+    keep_extension_cache(env)
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ns-train"), "nerfaccel-dnerf", "--vis", "tensorboard",
+         "--output-dir", str(tmp_path / "out"), "--data", str(scene)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "has no `time`" in proc.stdout + proc.stderr and "transforms_train.json" in proc.stdout + proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,24 +1,11 @@
-"""Building, caching and loading the compiled extensions.
+"""Building and loading the compiled extensions (cache keys: :mod:`.keys`; the build lock: :mod:`.lock`).
 
-An extension is compiled lazily, once, into a cache directory keyed by a hash of the kernel sources,
-the torch and CUDA versions, the Python version, the compiler flags, (for CUDA) the target
-architectures, and the toolchain (``--version`` of the C++ compiler and of nvcc, ``CUDA_HOME``):
-
-``$NERFACCEL_EXT_DIR`` or ``${XDG_CACHE_HOME:-~/.cache}/nerfaccel/ext``, then ``<kind>-<key>/``.
-
-Concurrent builds are serialized with ``<kind>-<key>.lock``: an advisory ``flock`` on POSIX (released by
-the kernel when its holder dies, so a killed build never leaves a lock behind; the file holds the builder's
-PID, host and start time for diagnostics only). Where ``flock`` is unavailable the file's existence is the
-lock, and one left by a dead build (dead PID on this host, unreadable for 30 s, or older than
-``NERFACCEL_EXT_LOCK_STALE_S`` seconds, default 3600) is broken atomically (renamed aside and checked to
-still be the lock judged stale). Waiting never exceeds that age plus a minute. Every build starts from an
-empty directory, so nothing a killed build left there (objects, torch's own ``<dir>/lock``) is reused.
+Every build starts from an empty directory, so nothing a killed build left there (objects, torch's own
+``<dir>/lock``) is reused.
 
 A failed build writes ``build.log`` and a ``FAILED`` marker in its directory, warns once per process with
 the log's path, and makes :func:`get_module` raise :class:`ExtensionUnavailable` (dispatch then falls back
 to PyTorch). Later processes honour the marker (no new attempt) until ``nerfaccel-build --force``.
-
-This module imports only the standard library at import time (``setup.py`` reuses :func:`cache_key`).
 """
 
 from __future__ import annotations
@@ -28,55 +15,43 @@ import importlib.machinery
 import importlib.util
 import json
 import os
-import platform
 import shutil
-import socket
-import subprocess
 import sys
 import threading
 import time
-import uuid
 import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-try:  # POSIX advisory locks (released by the kernel when the holder dies)
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: the lock-file protocol below
-    fcntl = None  # type: ignore[assignment]
+from . import ExtensionUnavailable
+from .keys import (  # noqa: F401 - re-exported: the public names of the former single-module build.py
+    CXX_FLAGS,
+    DEFAULT_CUDA_ARCH,
+    ENV_EXT_DIR,
+    LD_FLAGS,
+    NVCC_FLAGS,
+    _decode_arch,
+    _setup_cuda_home,
+    arch_runs_on,
+    build_dir,
+    cache_key,
+    cache_root,
+    cuda_arch_list,
+    cuda_home,
+    defines,
+    import_cpp_extension,
+    jit_key,
+    module_name,
+    source_dir,
+    sources,
+    toolchain_id,
+    toolchain_problem,
+)
+from .lock import ENV_STALE, BuildLock, fcntl, lock_is_stale  # noqa: F401 - re-exported
 
-try:  # normal import as part of the package
-    from . import ExtensionUnavailable
-except ImportError:  # loaded standalone by setup.py
-
-    class ExtensionUnavailable(RuntimeError):  # type: ignore[no-redef]
-        """Stand-in used when this file is loaded outside the package (setup.py)."""
-
-
-ENV_EXT_DIR = "NERFACCEL_EXT_DIR"
-ENV_STALE = "NERFACCEL_EXT_LOCK_STALE_S"
 ENV_VERBOSE = "NERFACCEL_EXT_VERBOSE"
-DEFAULT_CUDA_ARCH = "9.0"
 
-
-def _libmvec() -> bool:
-    """Whether glibc's vector math library can be linked (x86-64 Linux): SIMD exp/expf for the CPU kernels."""
-    if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "AMD64"):
-        return False
-    import ctypes.util
-
-    return ctypes.util.find_library("mvec") is not None
-
-
-_MVEC = _libmvec()
-CXX_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-DNERFACCEL_EXT"] + (["-DNERFACCEL_LIBMVEC"] if _MVEC else [])
-LD_FLAGS = ["-fopenmp"] + (["-lmvec"] if _MVEC else [])
-# -fmad=false: no fused multiply-adds, like -ffp-contract=off for the CPU build, so both builds round the shared
-# math the same way (traversal's sample positions and the per-ray sums match the reference exactly).
-NVCC_FLAGS = ["-O3", "-DNERFACCEL_WITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo", "-fmad=false"]
-
-_SOURCES = {"cpp": ["bindings.cpp", "cpu_ops.cpp"], "cuda": ["bindings.cpp", "cuda_ops.cu"]}
 _PREBUILT = {"cpp": "nerfaccel_plugin._ext._C_cpu", "cuda": "nerfaccel_plugin._ext._C_cuda"}
 
 _lock = threading.Lock()
@@ -85,397 +60,11 @@ _failures: dict[str, str] = {}
 _status: dict[str, str] = {}
 
 
-# ---------------------------------------------------------------------------------------------
-# Sources and cache keys
-# ---------------------------------------------------------------------------------------------
-def source_dir() -> Path:
-    """Directory of the kernel sources (``cuda/`` in a checkout, ``nerfaccel_plugin/csrc`` installed)."""
-    try:
-        from importlib.resources import files
-
-        root = Path(str(files("nerfaccel_plugin.csrc")))
-        if (root / "bindings.cpp").is_file():
-            return root
-    except (ImportError, ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parents[2] / "cuda"  # source checkout (setup.py)
+def _toolchain_problem(kind: str) -> str | None:
+    """Why extension ``kind`` cannot be compiled here, or None (:func:`.keys.toolchain_problem`)."""
+    return toolchain_problem(kind)
 
 
-def sources(kind: str, root: Path | None = None) -> list[Path]:
-    """Translation units of extension ``kind``."""
-    root = root or source_dir()
-    return [root / name for name in _SOURCES[kind]]
-
-
-def _hashed_files(kind: str, root: Path) -> list[Path]:
-    headers = sorted((root / "include").rglob("*.h")) + sorted((root / "include").rglob("*.cuh"))
-    return sources(kind, root) + headers
-
-
-def cuda_arch_list() -> str:
-    """Target architectures: ``TORCH_CUDA_ARCH_LIST``, else the visible GPUs, else ``9.0``."""
-    env = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
-    if env:
-        return env
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
-            return ";".join(f"{major}.{minor}" for major, minor in caps)
-    except Exception:  # pragma: no cover - defensive: any CUDA init problem means "no GPU"
-        pass
-    return DEFAULT_CUDA_ARCH
-
-
-def cache_key(kind: str, root: Path | None = None, arch: str | None = None, toolchain: bool = False) -> str:
-    """Hash of everything that changes the binary: sources, versions, flags, CUDA architectures.
-
-    Args:
-        kind: ``"cpp"`` or ``"cuda"``.
-        root: Source directory (default :func:`source_dir`).
-        arch: CUDA architectures (default :func:`cuda_arch_list`; CUDA only).
-        toolchain: Also hash :func:`toolchain_id` (the compilers' ``--version`` and ``CUDA_HOME``). The
-            cache directories of lazy builds use it; the identity of a prebuilt binary (``setup.py``, checked
-            by :func:`get_module`) does not, so a prebuilt extension survives a compiler upgrade.
-    """
-    import torch
-
-    root = root or source_dir()
-    h = hashlib.sha256()
-    for path in _hashed_files(kind, root):
-        h.update(path.relative_to(root).as_posix().encode())
-        h.update(path.read_bytes())
-    parts = [
-        kind,
-        torch.__version__,
-        str(torch.version.cuda),
-        sys.version.split()[0],
-        platform.machine(),
-        " ".join(CXX_FLAGS + LD_FLAGS),
-        os.environ.get("CXX", ""),
-    ]
-    if kind == "cuda":
-        parts += [" ".join(NVCC_FLAGS), arch or cuda_arch_list()]
-    if toolchain:
-        parts.append(toolchain_id(kind))
-    h.update("\n".join(parts).encode())
-    return h.hexdigest()[:16]
-
-
-def jit_key(kind: str, arch: str | None = None) -> str:
-    """Key of the lazy-build cache directory: :func:`cache_key` including the toolchain."""
-    return cache_key(kind, arch=arch, toolchain=True)
-
-
-_tool_versions: dict[str, str] = {}
-
-
-def _tool_version(exe: str) -> str:
-    """Output of ``exe --version`` (run once per process and executable), or why it could not run."""
-    version = _tool_versions.get(exe)
-    if version is None:
-        try:
-            out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=120, check=False)
-            version = (out.stdout + out.stderr).strip() or f"{exe}: no version output"
-        except (OSError, subprocess.SubprocessError) as err:
-            version = f"{exe}: cannot run ({type(err).__name__})"
-        _tool_versions[exe] = version
-    return version
-
-
-def cuda_home() -> str:
-    """The CUDA toolkit torch's extension builder uses: ``CUDA_HOME`` / ``CUDA_PATH``, nvcc on PATH, else
-    ``/usr/local/cuda`` (empty when there is none)."""
-    _setup_cuda_home()
-    for var in ("CUDA_HOME", "CUDA_PATH"):
-        if os.environ.get(var):
-            return os.environ[var]
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        return str(Path(nvcc).resolve().parents[1])
-    return "/usr/local/cuda" if Path("/usr/local/cuda").is_dir() else ""
-
-
-def toolchain_id(kind: str) -> str:
-    """The compilers that build extension ``kind``: their paths and ``--version`` output, and ``CUDA_HOME``.
-
-    A compiler upgrade (or another ``CXX`` / ``CUDA_HOME``) therefore selects a new cache directory instead of
-    reusing objects and binaries from the old one. The ``--version`` calls run once per process.
-    """
-    cxx = os.environ.get("CXX", "c++")
-    parts = [f"CXX={cxx}", _tool_version(shutil.which(cxx) or cxx)]
-    if kind == "cuda":
-        home = cuda_home()
-        nvcc = str(Path(home) / "bin" / "nvcc") if home else (shutil.which("nvcc") or "nvcc")
-        parts += [f"CUDA_HOME={home}", _tool_version(nvcc)]
-        for var in ("CC", "CUDAHOSTCXX", "NVCC_CCBIN", "NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS"):
-            parts.append(f"{var}={os.environ.get(var, '')}")
-    return "\n".join(parts)
-
-
-def cache_root() -> Path:
-    """Root of the extension cache (``NERFACCEL_EXT_DIR``, else under ``XDG_CACHE_HOME`` or ``~/.cache``)."""
-    env = os.environ.get(ENV_EXT_DIR)
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "nerfaccel" / "ext"
-
-
-def build_dir(kind: str, key: str | None = None) -> Path:
-    """Cache directory of extension ``kind`` for the current sources and toolchain."""
-    return cache_root() / f"{kind}-{key or jit_key(kind)}"
-
-
-def module_name(kind: str, key: str) -> str:
-    return f"nerfaccel_{kind}_{key}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Lock
-# ---------------------------------------------------------------------------------------------
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def _as_int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-
-
-def _as_float(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return out if out == out else None  # NaN is no time
-
-
-def _read_lock(path: Path) -> tuple[bytes | None, dict, os.stat_result | None]:
-    """Raw bytes (None when the file is gone), parsed JSON object ({} when unreadable) and stat of a lock file."""
-    try:
-        st = path.stat()
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None, {}, None
-    except OSError:
-        return b"", {}, None
-    try:
-        info = json.loads(raw.decode() or "{}")
-    except (ValueError, UnicodeDecodeError):
-        info = {}
-    return raw, (info if isinstance(info, dict) else {}), st
-
-
-def _judge(info: dict, mtime: float | None, stale_after: float) -> tuple[bool, str]:
-    """Whether lock contents ``info`` (file modified at ``mtime``) describe a dead or too-old build, and why.
-
-    Unreadable contents (a lock being written, or garbage) fall back to the file's modification time; they are
-    stale only once older than ``stale_after``, or after 30 s without a readable owner (the builder writes its
-    JSON right after creating the file, so it died in between).
-    """
-    started = _as_float(info.get("time"))
-    if started is None:
-        started = mtime if mtime is not None else time.time()
-    age = time.time() - started
-    if age > stale_after:
-        return True, f"older than {stale_after:.0f} s"
-    pid, host = _as_int(info.get("pid")), info.get("host")
-    if pid is None:
-        if age > 30:
-            return True, "unreadable for more than 30 s"
-        return False, "being written"
-    if host == socket.gethostname() and not _pid_alive(pid):
-        return True, f"its process {pid} is gone"
-    return False, f"held by pid {pid} on {host}"
-
-
-def lock_is_stale(lock_path: Path, stale_after: float | None = None) -> tuple[bool, str]:
-    """Whether the lock file at ``lock_path`` was left by a dead or too-old build, and why (from its contents)."""
-    stale_after = float(os.environ.get(ENV_STALE, "3600")) if stale_after is None else stale_after
-    raw, info, st = _read_lock(lock_path)
-    if raw is None:
-        return False, "gone"
-    return _judge(info, st.st_mtime if st is not None else None, stale_after)
-
-
-def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
-class BuildLock:
-    """Exclusive build lock; never waits longer than ``timeout`` seconds.
-
-    On POSIX it is an ``flock`` on the lock file: the kernel releases it when the holder exits or is killed,
-    so there are no stale locks to break. Contents left in the file by a killed holder are only reported. The
-    holder removes the file on release (while still locked); a waiter that then locks the removed file
-    notices (its inode is no longer the path's) and retries on the new one.
-
-    Without ``flock`` (Windows, file systems that refuse it) the file's existence is the lock: a stale one
-    (see :func:`lock_is_stale`) is renamed aside atomically, and removed only if the renamed file is still
-    the one judged stale (else it is handed back), so a fresh lock taken in between is never deleted.
-    """
-
-    def __init__(self, path: Path, timeout: float | None = None, stale_after: float | None = None) -> None:
-        self.path = path
-        self.stale_after = float(os.environ.get(ENV_STALE, "3600")) if stale_after is None else stale_after
-        self.timeout = self.stale_after + 60 if timeout is None else timeout
-        self.held = False
-        self.use_flock = fcntl is not None
-        self._fd: int | None = None  # flock mode: the locked file
-        self._token: bytes | None = None  # lock-file mode: what we wrote
-
-    def _contents(self) -> bytes:
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
-        return json.dumps(info).encode()
-
-    def acquire(self, done: Any = None) -> bool:
-        """Takes the lock. Returns False without locking if ``done()`` turns true while waiting."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + self.timeout
-        while True:
-            got = self._try_flock() if self.use_flock else self._try_exclusive()
-            if got:
-                self.held = True
-                return True
-            if got is None:  # the file changed under us: retry at once
-                continue
-            if done is not None and done():
-                return False
-            if time.monotonic() > deadline:
-                _, why = lock_is_stale(self.path, self.stale_after)
-                raise ExtensionUnavailable(
-                    f"timed out after {self.timeout:.0f} s waiting for the build lock {self.path} ({why}); "
-                    "remove it if no build is running"
-                ) from None
-            time.sleep(0.25)
-
-    def _try_flock(self) -> bool | None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        except OSError:  # no flock on this file system: fall back to the lock-file protocol
-            os.close(fd)
-            self.use_flock = False
-            return None
-        try:
-            st = os.fstat(fd)
-            if not _same_file(st, os.stat(self.path)):
-                raise FileNotFoundError(self.path)
-        except FileNotFoundError:  # its holder removed it on release: lock the path's new file instead
-            os.close(fd)
-            return None
-        left = b""
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            left += chunk
-        if left.strip():  # a holder died (flock released by the kernel) without removing the file
-            try:
-                info = json.loads(left.decode())
-            except (ValueError, UnicodeDecodeError):
-                info = {}
-            info = info if isinstance(info, dict) else {}
-            stale, why = _judge(info, st.st_mtime, self.stale_after)
-            if not stale:
-                why = f"left by pid {info.get('pid')} on {info.get('host')}, which no longer holds it"
-            warnings.warn(f"nerfaccel: removing stale build lock {self.path} ({why}).", RuntimeWarning, stacklevel=3)
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, self._contents())
-        self._fd = fd
-        return True
-
-    def _try_exclusive(self) -> bool | None:
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            raw, info, st = _read_lock(self.path)
-            if raw is None or st is None:
-                return None if raw is None else False
-            stale, why = _judge(info, st.st_mtime, self.stale_after)
-            if stale:
-                return self._break(raw, st, why)
-            return False
-        token = self._contents()
-        with os.fdopen(fd, "wb") as f:
-            f.write(token)
-        self._token = token
-        return True
-
-    def _break(self, raw: bytes, st: os.stat_result, why: str) -> bool | None:
-        """Removes the lock file judged stale (contents ``raw``, stat ``st``) unless it was replaced meanwhile."""
-        aside = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}-{uuid.uuid4().hex[:12]}")
-        try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return None  # released or broken by someone else: retry
-        try:
-            moved, moved_st = aside.read_bytes(), aside.stat()
-            same = moved == raw and _same_file(moved_st, st) and moved_st.st_mtime_ns == st.st_mtime_ns
-        except OSError:
-            same = False
-        if same:
-            warnings.warn(f"nerfaccel: removing stale build lock {self.path} ({why}).", RuntimeWarning, stacklevel=4)
-        else:  # a new lock was taken between our check and the rename: hand it back (no-clobber hard link)
-            try:
-                os.link(aside, self.path)
-            except OSError:
-                pass
-        try:
-            aside.unlink()
-        except FileNotFoundError:
-            pass
-        return None
-
-    def release(self) -> None:
-        if not self.held:
-            return
-        self.held = False
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            try:
-                if _same_file(os.fstat(fd), os.stat(self.path)):
-                    os.unlink(self.path)  # while still locked: waiters notice and retry on a new file
-            except FileNotFoundError:
-                pass
-            finally:
-                os.close(fd)  # releases the flock
-            return
-        token, self._token = self._token, None
-        try:
-            if self.path.read_bytes() == token:  # not if our lock was broken and someone else's is there now
-                self.path.unlink()
-        except FileNotFoundError:
-            pass
-
-    def __enter__(self) -> BuildLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-# ---------------------------------------------------------------------------------------------
-# Building and loading
-# ---------------------------------------------------------------------------------------------
 def _import_file(name: str, path: Path) -> ModuleType:
     import torch  # noqa: F401 - the extension links against libtorch, which must be loaded first
 
@@ -488,9 +77,8 @@ def _import_file(name: str, path: Path) -> ModuleType:
     return module
 
 
-def _built_file(directory: Path, name: str) -> Path | None:
-    if not (directory / "COMPLETE").is_file():
-        return None
+def _module_file(directory: Path, name: str) -> Path | None:
+    """The module file of a build directory (whatever its state), or None."""
     for suffix in importlib.machinery.EXTENSION_SUFFIXES + [".so"]:
         path = directory / f"{name}{suffix}"
         if path.is_file():
@@ -498,25 +86,128 @@ def _built_file(directory: Path, name: str) -> Path | None:
     return None
 
 
-def _toolchain_problem(kind: str) -> str | None:
-    """Why extension ``kind`` cannot be compiled here, or None."""
-    _setup_cuda_home()
-    import torch
-    from torch.utils import cpp_extension
+def file_digest(path: Path) -> tuple[int, str]:
+    """Size in bytes and SHA-256 (hex) of a file.
 
-    cxx = os.environ.get("CXX", "c++")
-    if shutil.which(cxx) is None:
-        return f"no C++ compiler ('{cxx}' not found; install g++ or set CXX)"
+    Args:
+        path: The file.
+
+    Returns:
+        ``(size, sha256)``.
+    """
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+def _read_complete(directory: Path) -> dict | None:
+    """The ``COMPLETE`` marker's contents ({} when unreadable), or None without one."""
     try:
-        cpp_extension.verify_ninja_availability()
-    except RuntimeError:
-        return "ninja is not installed (pip install ninja)"
-    if kind == "cuda":
-        if torch.version.cuda is None:
-            return "this torch build has no CUDA support"
-        if cpp_extension.CUDA_HOME is None:
-            return "no CUDA toolkit found (set CUDA_HOME to a CUDA installation with nvcc)"
+        info = json.loads((directory / "COMPLETE").read_text() or "{}")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, UnicodeDecodeError):
+        info = {}
+    return info if isinstance(info, dict) else {}
+
+
+def _write_complete(directory: Path, path: Path | None, **fields: Any) -> None:
+    """Writes the ``COMPLETE`` marker (atomically: temporary file, then rename) with the module's size and hash."""
+    info = {**fields, "time": time.time()}
+    if path is not None:
+        size, sha = file_digest(path)
+        info.update(file=path.name, size=size, sha256=sha)
+    tmp = directory / f".COMPLETE.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, directory / "COMPLETE")
+
+
+def _probe_import(name: str, path: Path, key: str | None = None, timeout: float = 300) -> str | None:
+    """Imports module file ``path`` in a child process; returns why it failed (a crash included), or None.
+
+    Used where the file's integrity is not known (a marker written by an older nerfaccel, ``nerfaccel-build
+    --check``): a damaged file can kill the process that maps it (SIGBUS), which must not be ours.
+    """
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, importlib.machinery, importlib.util, torch\n"
+        "name, path = sys.argv[1], sys.argv[2]\n"
+        "loader = importlib.machinery.ExtensionFileLoader(name, path)\n"
+        "spec = importlib.util.spec_from_file_location(name, path, loader=loader)\n"
+        "m = importlib.util.module_from_spec(spec); loader.exec_module(m)\n"
+        "print(getattr(m, 'source_hash', ''))\n"
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code, name, str(path)], capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"cannot run a probe import ({type(err).__name__}: {err})"
+    if out.returncode != 0:
+        lines = (out.stderr or "").strip().splitlines()
+        if out.returncode < 0:
+            import signal
+
+            try:
+                sig = signal.Signals(-out.returncode).name
+            except ValueError:
+                sig = str(-out.returncode)
+            return f"importing it kills the process ({sig})"
+        return f"it cannot be imported ({lines[-1][:200] if lines else f'exit {out.returncode}'})"
+    found = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+    if key is not None and found != key:
+        return f"it was built for key {found or '(none)'}, not {key}"
     return None
+
+
+def check_cached(directory: Path, name: str) -> tuple[Path | None, str | None]:
+    """Verifies a cached build before anything loads it.
+
+    ``COMPLETE`` records the module file's size and SHA-256; both must match the file (a truncated or overwritten
+    file is never mapped: loading one can kill the process with SIGBUS). A marker from an older nerfaccel, without
+    them, is checked by importing the file in a child process and then upgraded.
+
+    Args:
+        directory: The build directory.
+        name: The module name (:func:`module_name`).
+
+    Returns:
+        ``(path, None)`` for a verified module, ``(None, None)`` when there is no complete build, and
+        ``(None, why)`` when there is one but it is damaged.
+    """
+    info = _read_complete(directory)
+    if info is None:
+        return None, None
+    path = _module_file(directory, name)
+    if path is None:
+        return None, f"{directory / 'COMPLETE'} exists but the module file {name}.so is missing"
+    size, sha = info.get("size"), info.get("sha256")
+    if size is None or sha is None:  # a marker written before the hash was recorded
+        why = _probe_import(name, path, key=info.get("key"))
+        if why is not None:
+            return None, f"{path}: {why}"
+        _write_complete(directory, path, **{k: v for k, v in info.items() if k != "time"})
+        return path, None
+    try:
+        actual_size, actual_sha = file_digest(path)
+    except OSError as err:
+        return None, f"{path} cannot be read ({err})"
+    if actual_size != size:
+        return None, f"{path} has {actual_size} bytes, its COMPLETE marker records {size} (truncated or replaced)"
+    if actual_sha != sha:
+        return None, f"{path} does not match the SHA-256 its COMPLETE marker records (overwritten or damaged)"
+    return path, None
+
+
+def _built_file(directory: Path, name: str) -> Path | None:
+    """The verified module file of a complete build (:func:`check_cached`), or None."""
+    return check_cached(directory, name)[0]
 
 
 def _prebuilt(kind: str) -> ModuleType | None:
@@ -560,14 +251,22 @@ def _raise_if_failed_before(kind: str, directory: Path) -> None:
     )
 
 
-def compile_extension(kind: str, arch: str | None = None, force: bool = False, quiet: bool = False) -> Path:
+def compile_extension(
+    kind: str, arch: str | None = None, force: bool = False, quiet: bool = False, reject: str | None = None
+) -> Path:
     """Compiles extension ``kind`` into the cache (if not already there) and returns its directory.
 
     Args:
         kind: ``"cpp"`` or ``"cuda"``.
         arch: CUDA architectures (``TORCH_CUDA_ARCH_LIST`` syntax), default :func:`cuda_arch_list`.
         force: Rebuild even if a complete build is cached, or an earlier build failed.
-        quiet: No spinner.
+        quiet: No spinner and no progress lines.
+        reject: SHA-256 of a module file that verified but failed to load: a cached build with this hash is
+            rebuilt (one that another process has rebuilt meanwhile is kept).
+
+    Returns:
+        The build directory; its ``COMPLETE`` marker records the module file's size and SHA-256. A damaged
+        cached build (see :func:`check_cached`) is rebuilt.
 
     Raises:
         ExtensionUnavailable: The toolchain is missing, the compilation failed (see ``build.log``), or it failed
@@ -584,8 +283,11 @@ def compile_extension(kind: str, arch: str | None = None, force: bool = False, q
     def finished() -> bool:
         if force:
             return False
-        if _built_file(directory, name) is not None:
-            return True
+        path, damaged = check_cached(directory, name)
+        if path is not None:
+            return reject is None or (_read_complete(directory) or {}).get("sha256") != reject
+        if damaged is not None:
+            return False  # rebuilt below, under the lock
         _raise_if_failed_before(kind, directory)
         return False
 
@@ -610,14 +312,14 @@ def compile_extension(kind: str, arch: str | None = None, force: bool = False, q
             marker = {"error": getattr(err, "first_error", None), "log": str(directory / "build.log")}
             (directory / "FAILED").write_text(json.dumps({**marker, "time": time.time()}))
             raise
-        (directory / "COMPLETE").write_text(json.dumps({"key": key, "arch": arch, "time": time.time()}))
+        _write_complete(directory, _module_file(directory, name), key=key, arch=arch)
     finally:
         lock.release()
     return directory
 
 
 def _run_build(kind: str, key: str, arch: str | None, directory: Path, name: str, quiet: bool) -> None:
-    from torch.utils import cpp_extension
+    cpp_extension = import_cpp_extension()
 
     root = source_dir()
     define = defines(key, arch)
@@ -645,6 +347,18 @@ def _run_build(kind: str, key: str, arch: str | None, directory: Path, name: str
     try:
         if quiet:
             cpp_extension.load(**kwargs)
+        elif not _is_tty(sys.stderr):  # logs, CI, nohup: no spinner, so say what the wait is
+            print(
+                f"nerfaccel: compiling nerfaccel's C++ kernels ({kind}), first use only, about a minute",
+                file=sys.stderr,
+                flush=True,
+            )
+            cpp_extension.load(**kwargs)
+            print(
+                f"nerfaccel: compiled the {kind} kernels in {time.monotonic() - start:.0f} s -> {directory}",
+                file=sys.stderr,
+                flush=True,
+            )
         else:
             from rich.console import Console
 
@@ -667,37 +381,11 @@ def _run_build(kind: str, key: str, arch: str | None, directory: Path, name: str
     log.write_text(f"{what}: built in {time.monotonic() - start:.1f} s\n")
 
 
-def defines(key: str, arch: str | None) -> list[str]:
-    """Macros recording the cache key and CUDA architectures in the binary (stringified in bindings.cpp)."""
-    out = [f"-DNERFACCEL_SOURCE_HASH={key}"]
-    if arch:
-        out.append(f"-DNERFACCEL_CUDA_ARCH={arch.replace(';', '_').replace(' ', '_')}")
-    return out
-
-
-def _decode_arch(value: str | None) -> str | None:
-    return value.replace("_", ";") if value else None
-
-
-def arch_runs_on(arch_list: str, capability: tuple[int, int]) -> bool:
-    """Whether a binary built for ``arch_list`` (``TORCH_CUDA_ARCH_LIST`` syntax) has code for a GPU.
-
-    Machine code for X.y runs on X.z with z >= y; PTX (``+PTX``) for X.y is compiled by the driver for any
-    newer GPU. ``"9.0;8.6+PTX"`` therefore runs on 9.0, 8.6, 8.9 and anything newer than 8.6, not on 8.0.
-    """
-    major, minor = capability
-    for entry in arch_list.replace(",", ";").replace(" ", ";").split(";"):
-        entry = entry.strip()
-        if not entry:
-            continue
-        ptx = entry.endswith("+PTX")
-        try:
-            e_major, e_minor = (int(x) for x in entry.removesuffix("+PTX").rstrip("af").split("."))
-        except ValueError:
-            continue
-        if (e_major == major and e_minor <= minor) or (ptx and (e_major, e_minor) <= (major, minor)):
-            return True
-    return False
+def _is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
 
 
 def _prebuilt_cuda_runs_here(module: ModuleType) -> bool:
@@ -716,22 +404,54 @@ def _prebuilt_cuda_runs_here(module: ModuleType) -> bool:
     return all(arch_runs_on(arch, cap) for cap in caps)
 
 
-def _setup_cuda_home() -> None:
-    """Points torch at /usr/local/cuda when CUDA_HOME is unset (nvcc on PATH may be a bare symlink)."""
-    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
-        return
-    default = Path("/usr/local/cuda")
-    if (default / "bin" / "nvcc").exists():
-        os.environ["CUDA_HOME"] = str(default)
-        if "torch.utils.cpp_extension" in sys.modules:
-            sys.modules["torch.utils.cpp_extension"].CUDA_HOME = str(default)
-
-
 def _first_error_line(text: str) -> str:
     for line in text.splitlines():
         if "error" in line.lower() and "Error building extension" not in line:
             return line.strip()[:200]
     return text.strip().splitlines()[0][:200] if text.strip() else "unknown error"
+
+
+def _load_verified(name: str, path: Path, key: str) -> tuple[ModuleType | None, str | None]:
+    """Imports a module file that passed :func:`check_cached`; returns ``(module, None)`` or ``(None, why)``."""
+    try:
+        module = _import_file(name, path)
+    except (ImportError, OSError) as err:
+        return None, f"{path} cannot be loaded ({err})"
+    found = getattr(module, "source_hash", None)
+    if found is None:
+        return None, f"{path} lacks the symbol `source_hash`"
+    if found != key:
+        return None, f"{path} was built for key {found}, not {key}"
+    return module, None
+
+
+def _load_cached_or_build(kind: str) -> ModuleType:
+    """The lazily built extension: the verified cached build, else a build now. A damaged cached build (size,
+    hash, loading or its key symbol) is rebuilt once under the lock; if that fails, ExtensionUnavailable."""
+    arch = cuda_arch_list() if kind == "cuda" else None
+    key = jit_key(kind, arch=arch)
+    name = module_name(kind, key)
+    directory = build_dir(kind, key)
+    path, damaged = check_cached(directory, name)
+    reject = None
+    if path is not None:
+        module, damaged = _load_verified(name, path, key)
+        if module is not None:
+            _status[kind] = f"cached ({directory})"
+            return module
+        reject = (_read_complete(directory) or {}).get("sha256")
+    if damaged is not None:
+        print(f"nerfaccel: the cached {kind} extension is damaged ({damaged}); rebuilding it.", file=sys.stderr)
+    directory = compile_extension(kind, arch=arch, reject=reject)
+    path, why = check_cached(directory, name)
+    what = "rebuilding the damaged" if damaged is not None else "building the"
+    if path is None:
+        raise ExtensionUnavailable(f"{what} {kind} extension failed: {why or f'no module file in {directory}'}")
+    module, why = _load_verified(name, path, key)
+    if module is None:
+        raise ExtensionUnavailable(f"{what} {kind} extension failed: {why}")
+    _status[kind] = f"{'rebuilt' if damaged is not None else 'built'} ({directory})"
+    return module
 
 
 def get_module(kind: str) -> ModuleType:
@@ -753,19 +473,7 @@ def get_module(kind: str) -> ModuleType:
             if module is not None:
                 _status[kind] = f"prebuilt ({module.__file__})"
             else:
-                arch = cuda_arch_list() if kind == "cuda" else None
-                key = jit_key(kind, arch=arch)
-                directory = build_dir(kind, key)
-                cached = _built_file(directory, module_name(kind, key)) is not None
-                directory = compile_extension(kind, arch=arch)
-                path = _built_file(directory, module_name(kind, key))
-                if path is None:
-                    raise ExtensionUnavailable(f"the {kind} extension build left no module in {directory}")
-                try:
-                    module = _import_file(module_name(kind, key), path)
-                except ImportError as err:
-                    raise ExtensionUnavailable(f"the {kind} extension was built but cannot be imported: {err}") from err
-                _status[kind] = f"{'cached' if cached else 'built'} ({directory})"
+                module = _load_cached_or_build(kind)
         except ExtensionUnavailable as err:
             _failures[kind] = err.reason
             _status[kind] = f"failed: {err.reason}"

@@ -100,6 +100,54 @@ class OccGridEstimator(AbstractEstimator):
         self.register_buffer("grid_coords", coords, persistent=False)
         self.register_buffer("grid_indices", torch.arange(self.cells_per_lvl), persistent=False)
 
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        """Checks a loaded grid before it replaces this one: shapes, finite occupancies in range (>= -1, the mark of
+        an invisible cell), a boolean occupancy bitfield. A grid that fails is refused with a clear error; one that
+        marks every cell empty with all-zero occupancies (never updated, or zeroed) loads with a warning."""
+        where = prefix.rstrip(".") or "OccGridEstimator"
+        occs, binaries = state_dict.get(prefix + "occs"), state_dict.get(prefix + "binaries")
+        if isinstance(occs, Tensor):
+            if tuple(occs.shape) != tuple(self.occs.shape):
+                raise ValueError(
+                    f"{where}: the loaded occupancy grid `occs` has shape {tuple(occs.shape)}, this estimator "
+                    f"{tuple(self.occs.shape)} (levels x resolution^3): the checkpoint was trained with another "
+                    "grid resolution or level count; build the model with the checkpoint's settings."
+                )
+            if not occs.is_floating_point():
+                raise ValueError(f"{where}: the loaded occupancy grid `occs` is {occs.dtype}, not floating point.")
+            if not bool(torch.isfinite(occs).all()):
+                bad = int((~torch.isfinite(occs)).sum())
+                raise ValueError(
+                    f"{where}: the loaded occupancy grid has {bad} NaN or infinite cells of {occs.numel()}: the "
+                    "checkpoint is damaged (or training diverged before it was saved); load an earlier checkpoint."
+                )
+            if occs.numel() and float(occs.min()) < -1.0:
+                raise ValueError(
+                    f"{where}: the loaded occupancy grid has values down to {float(occs.min()):g}; occupancies are "
+                    ">= 0 (or -1 for cells marked invisible): the checkpoint is damaged."
+                )
+        if isinstance(binaries, Tensor):
+            if tuple(binaries.shape) != tuple(self.binaries.shape):
+                raise ValueError(
+                    f"{where}: the loaded occupancy bitfield `binaries` has shape {tuple(binaries.shape)}, this "
+                    f"estimator {tuple(self.binaries.shape)}: the checkpoint was trained with another grid "
+                    "resolution or level count; build the model with the checkpoint's settings."
+                )
+            if binaries.dtype != torch.bool:
+                raise ValueError(f"{where}: the loaded occupancy bitfield `binaries` is {binaries.dtype}, not bool.")
+            if isinstance(occs, Tensor) and occs.numel() and not bool(binaries.any()) and not bool(occs.any()):
+                warnings.warn(
+                    f"{where}: the loaded occupancy grid is all zeros (every cell empty): nothing renders until "
+                    "the grid is updated by training. It was saved before its first update, or zeroed.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
     @torch.no_grad()
     def sampling(
         self,

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
-from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
 from nerfstudio.data.dataparsers.base_dataparser import DataParserConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 
+from nerfaccel_plugin.ns import console
+from nerfaccel_plugin.ns.checkpoints import NerfaccelTrainer, check_resume_source, install_eval_hook, pick_checkpoint
 from nerfaccel_plugin.ns.compat import FloatExponentialDecaySchedulerConfig, default_device_type
+from nerfaccel_plugin.ns.datamanager import NerfaccelDataManagerConfig
 from nerfaccel_plugin.ns.models import NerfaccelModelConfig, NerfaccelPipelineConfig
 
 ON_GPU = default_device_type() == "cuda"
@@ -44,7 +46,17 @@ class NerfaccelTrainerConfig(TrainerConfig):
     Nerfstudio names runs after ``--data`` and falls back to ``outputs/unnamed/``. Our dataparsers carry their
     own default (``data/blender/lego``) and may fall back to the embedded scene, so the run is filed under
     ``outputs/lego/`` or ``outputs/nerfaccel-scene/`` (``nerfaccel-scene-dynamic``) instead.
+
+    Its trainer saves checkpoints atomically and resumes from the newest readable one (:mod:`.checkpoints`).
     """
+
+    _target: type = field(default_factory=lambda: NerfaccelTrainer)
+
+    def __setstate__(self, state: dict) -> None:
+        """Loading a run's ``config.yml`` (``ns-eval``, ``ns-render``, ``ns-viewer``): our console settings apply."""
+        console.install()
+        install_eval_hook()  # eval_setup loads this config, then eval_load_checkpoint picks the checkpoint
+        self.__dict__.update(state)
 
     def set_experiment_name(self) -> None:
         if self.experiment_name is None and self.pipeline.datamanager.data is None:
@@ -70,6 +82,7 @@ class NerfaccelTrainerConfig(TrainerConfig):
         datamanager = self.pipeline.datamanager
         data = getattr(datamanager, "data", None) or self.data  # --data overrides the dataparser's, as Nerfstudio
         validate_dataparser_inputs(datamanager.dataparser, data)
+        check_resume_source(self)  # a resume that cannot load must not leave a new run folder behind
         super().save_config()
 
     def setup(self, **kwargs):
@@ -87,8 +100,10 @@ def checkpoint_to_load(config: TrainerConfig) -> Path | None:
         if config.load_step is not None:
             path = load_dir / f"step-{config.load_step:09d}.ckpt"
         else:
-            steps = sorted(int(p.stem.split("-", 1)[1]) for p in load_dir.glob("step-*.ckpt") if p.stem[5:].isdigit())
-            path = load_dir / f"step-{steps[-1]:09d}.ckpt" if steps else None
+            try:  # the newest readable one, as the trainer picks it
+                path = pick_checkpoint(load_dir)[0]
+            except Exception:  # noqa: BLE001 - the trainer's own load reports it
+                path = None
     else:
         path = Path(config.load_checkpoint) if config.load_checkpoint is not None else None
     return path if path is not None and path.is_file() else None
@@ -114,6 +129,13 @@ def follow_checkpoint_hash_backend(config: TrainerConfig) -> None:
         return
     if state_dict_hash_backend(k for k in state if k.startswith("_model.")) == "torch":
         model.hash_implementation = "torch"
+
+
+if console.running_our_method():  # ns-train nerfaccel-...: upstream noise filtered, no warning shown twice
+    from nerfaccel_plugin.ns.threads import reexec_with_passive_openmp
+
+    reexec_with_passive_openmp()  # CPU only: OpenMP threads that sleep instead of spinning (restarts the command)
+    console.install()
 
 
 def make_trainer_config(
@@ -183,7 +205,7 @@ def make_trainer_config(
         mixed_precision=ON_GPU,
         save_only_latest_checkpoint=True,
         pipeline=NerfaccelPipelineConfig(
-            datamanager=VanillaDataManagerConfig(
+            datamanager=NerfaccelDataManagerConfig(
                 dataparser=dataparser,
                 train_num_rays_per_batch=4096 if ON_GPU else 512,
                 eval_num_rays_per_batch=4096 if ON_GPU else 512,

@@ -9,6 +9,7 @@ front (folder, transforms file, every image readable) and a bad one is reported 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -23,7 +24,7 @@ from nerfstudio.data.scene_box import SceneBox
 from PIL import Image
 from rich.console import Console
 
-from .checks import checked_once
+from .checks import CheckImages, check_camera_angle, check_pose, check_time, checked_once, register_validator
 
 CONSOLE = Console(width=120)
 
@@ -71,11 +72,21 @@ def validate_blender_folder(
             raise ValueError(f"Cannot read transforms file {path}: {err}") from err
         if not isinstance(meta, dict) or "camera_angle_x" not in meta or not meta.get("frames"):
             raise ValueError(f"Transforms file {path} needs `camera_angle_x` and a non-empty `frames` list.")
+        check_camera_angle(meta["camera_angle_x"], path)
+        first: dict[tuple, Path] = {}  # (width, height, channels) -> the first image that has it
+        with_time = 0
         for i, frame in enumerate(meta["frames"]):
-            if "file_path" not in frame or "transform_matrix" not in frame:
+            if not isinstance(frame, dict) or "file_path" not in frame or "transform_matrix" not in frame:
                 raise ValueError(f"{path}: frame {i} needs `file_path` and `transform_matrix`.")
-            if need_time and "time" not in frame:
-                raise ValueError(f"{path}: frame {i} has no `time` (needed for dynamic scenes).")
+            check_pose(frame["transform_matrix"], path, i)
+            if "time" in frame:
+                with_time += 1
+                check_time(frame["time"], path, i)
+            elif need_time:
+                raise ValueError(
+                    f"{path}: frame {i} has no `time` (nerfaccel-dnerf needs one per frame, in [0, 1]); for a "
+                    "static scene use nerfaccel-lego."
+                )
             if check_images == "none":
                 continue
             image = _image_path(folder, frame["file_path"])
@@ -85,8 +96,40 @@ def validate_blender_folder(
                 with Image.open(image) as img:
                     if check_images == "full":
                         img.load()
+                    shape = (*img.size, len(img.getbands()))
             except Exception as err:  # PIL raises many types for corrupt files
                 raise ValueError(f"Image {image} (frame {i} of {path}) is unreadable: {err}") from err
+            if first and shape not in first:
+                (other_shape, other), *_ = first.items()
+                raise ValueError(
+                    f"Images of the {split} split differ in size or channels: {other} is {_describe(other_shape)}, "
+                    f"{image} (frame {i}) is {_describe(shape)}. Every image of a split must have the same size "
+                    "and the same channels (all RGB or all RGBA)."
+                )
+            first.setdefault(shape, image)
+        if with_time and not need_time:
+            _warn_unused_time(folder, path, with_time, len(meta["frames"]))
+
+
+def _describe(shape: tuple) -> str:
+    width, height, channels = shape
+    name = {1: "grey", 2: "grey+alpha", 3: "RGB", 4: "RGBA"}.get(channels, f"{channels}-channel")
+    return f"{width}x{height} {name}"
+
+
+_TIME_WARNED: set = set()
+
+
+def _warn_unused_time(folder: Path, path: Path, n: int, total: int) -> None:
+    if str(folder.resolve()) in _TIME_WARNED:  # once per folder and process
+        return
+    _TIME_WARNED.add(str(folder.resolve()))
+    warnings.warn(
+        f"nerfaccel: {path} gives a `time` for {n} of {total} frames, but this method trains a static scene and "
+        "ignores it; for a dynamic (D-NeRF) scene use nerfaccel-dnerf.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _check_box(bound: float) -> None:
@@ -146,6 +189,24 @@ def _generate(parser, base: type, split: str) -> DataparserOutputs:
     return outputs
 
 
+def _validate_blender_config(config: object, folder: Path, check_images: CheckImages, dynamic: bool) -> None:
+    """The inputs of a Blender / D-NeRF parser config (ours or Nerfstudio's) read from ``folder``."""
+    default = DEFAULT_DNERF if dynamic else DEFAULT_BLENDER
+    if hasattr(config, "scene_bound"):
+        _check_box(config.scene_bound)  # type: ignore[attr-defined]
+        if not folder.exists() and getattr(config, "embedded_fallback", False) and folder == default:
+            return  # the embedded scene is generated when the parser runs
+    if check_images == "full":
+        key = ("blender", str(folder.resolve()), dynamic)
+        checked_once(key, lambda: validate_blender_folder(folder, need_time=dynamic, check_images="full"))
+    else:
+        validate_blender_folder(folder, need_time=dynamic, check_images=check_images)
+
+
+register_validator(BlenderDataParserConfig, lambda c, f, i: _validate_blender_config(c, f, i, dynamic=False))
+register_validator(DNeRFDataParserConfig, lambda c, f, i: _validate_blender_config(c, f, i, dynamic=True))
+
+
 @dataclass
 class NerfaccelBlenderDataParserConfig(BlenderDataParserConfig):
     """Nerfstudio's Blender dataparser, with checks and the embedded-scene fallback."""
@@ -164,6 +225,19 @@ class NerfaccelBlenderDataParserConfig(BlenderDataParserConfig):
     """Image size of the embedded scene (``None``: the scene package's default)."""
     embedded_views: Optional[int] = None
     """Training views of the embedded scene (``None``: the scene package's default)."""
+
+    def validate_inputs(self, folder: Optional[Path] = None, check_images: CheckImages = "full") -> None:
+        """Checks the scene box option and the folder (``folder``, default ``data``) as the parser will read it.
+
+        Args:
+            folder: The folder ``--data`` names, when it replaces ``data``.
+            check_images: ``"full"`` decodes every image, ``"header"`` opens each, ``"none"`` skips images.
+
+        Raises:
+            FileNotFoundError: The folder, a transforms file or an image is missing.
+            ValueError: A transforms file, a frame or an image is unreadable or malformed, or the box is empty.
+        """
+        _validate_blender_config(self, Path(folder if folder is not None else self.data), check_images, False)
 
     def __post_init__(self) -> None:
         _check_box(self.scene_bound)
@@ -199,6 +273,19 @@ class NerfaccelDNeRFDataParserConfig(DNeRFDataParserConfig):
     """Image size of the embedded scene (``None``: the scene package's default)."""
     embedded_views: Optional[int] = None
     """Training views of the embedded scene (``None``: the scene package's default)."""
+
+    def validate_inputs(self, folder: Optional[Path] = None, check_images: CheckImages = "full") -> None:
+        """Checks the scene box option and the folder (``folder``, default ``data``) as the parser will read it.
+
+        Args:
+            folder: The folder ``--data`` names, when it replaces ``data``.
+            check_images: ``"full"`` decodes every image, ``"header"`` opens each, ``"none"`` skips images.
+
+        Raises:
+            FileNotFoundError: The folder, a transforms file or an image is missing.
+            ValueError: A transforms file, a frame or an image is unreadable or malformed, or the box is empty.
+        """
+        _validate_blender_config(self, Path(folder if folder is not None else self.data), check_images, True)
 
     def __post_init__(self) -> None:
         _check_box(self.scene_bound)

@@ -18,7 +18,7 @@ from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import Nerfstudio, NerfstudioDataParserConfig
 from PIL import Image
 
-from .checks import checked_once
+from .checks import CheckImages, check_pose, checked_once, register_validator
 
 _INTRINSICS = ("fl_x", "fl_y", "cx", "cy", "h", "w")
 
@@ -82,6 +82,7 @@ def validate_nerfstudio_folder(
     for i, frame in enumerate(frames):
         if not isinstance(frame, dict) or "file_path" not in frame or "transform_matrix" not in frame:
             raise ValueError(f"{transforms}: frame {i} needs `file_path` and `transform_matrix`.")
+        check_pose(frame["transform_matrix"], transforms, i)
         missing = [k for k in _INTRINSICS if k not in meta and k not in frame]
         if missing:
             raise ValueError(f"{transforms}: frame {i} has no {', '.join(missing)} (per frame or for all frames).")
@@ -106,11 +107,39 @@ def validate_nerfstudio_folder(
             _check_image(depth, "Depth file", where, "none")
 
 
+def _validate_nerfstudio_config(config: NerfstudioDataParserConfig, folder: Path, check_images: CheckImages) -> None:
+    """The inputs of a nerfstudio-data parser config (ours or Nerfstudio's) read from ``folder``."""
+    check_scene_scale(config.scene_scale)
+    if check_images == "full":
+        checked_once(
+            ("nerfstudio", str(folder.resolve()), config.downscale_factor),
+            lambda: validate_nerfstudio_folder(folder, config, check_images="full"),
+        )
+    else:
+        validate_nerfstudio_folder(folder, config, check_images=check_images)
+
+
+register_validator(NerfstudioDataParserConfig, _validate_nerfstudio_config)
+
+
 @dataclass
 class NerfaccelNerfstudioDataParserConfig(NerfstudioDataParserConfig):
     """Nerfstudio's nerfstudio-data parser, with input checks (folder, transforms.json, images, scene box)."""
 
     _target: type = field(default_factory=lambda: NerfaccelNerfstudioDataParser)
+
+    def validate_inputs(self, folder: Path | None = None, check_images: CheckImages = "full") -> None:
+        """Checks the scene box option and the folder (``folder``, default ``data``) as the parser will read it.
+
+        Args:
+            folder: The folder ``--data`` names, when it replaces ``data``.
+            check_images: ``"full"`` decodes every image and mask, ``"header"`` opens each, ``"none"`` skips them.
+
+        Raises:
+            FileNotFoundError: The folder, ``transforms.json``, an image or a mask is missing.
+            ValueError: ``transforms.json``, a frame or an image is unreadable or malformed, or the box is empty.
+        """
+        _validate_nerfstudio_config(self, Path(folder if folder is not None else self.data), check_images)
 
     def __post_init__(self) -> None:
         check_scene_scale(self.scene_scale)
