@@ -506,7 +506,9 @@ def _toolchain_problem(kind: str) -> str | None:
 
     cxx = os.environ.get("CXX", "c++")
     if shutil.which(cxx) is None:
-        return f"no C++ compiler ('{cxx}' not found; install g++ or set CXX)"
+        from . import toolkit  # noqa: PLC0415
+
+        return toolkit.missing_compiler_message(cxx)
     try:
         cpp_extension.verify_ninja_availability()
     except RuntimeError:
@@ -515,7 +517,12 @@ def _toolchain_problem(kind: str) -> str | None:
         if torch.version.cuda is None:
             return "this torch build has no CUDA support"
         if cpp_extension.CUDA_HOME is None:
-            return "no CUDA toolkit found (set CUDA_HOME to a CUDA installation with nvcc)"
+            from . import toolkit  # noqa: PLC0415
+
+            return (
+                "no CUDA toolkit found: install nvcc and the headers from PyPI with "
+                f"{toolkit.install_hint()}, or set CUDA_HOME to a CUDA installation with nvcc"
+            )
     return None
 
 
@@ -717,14 +724,20 @@ def _prebuilt_cuda_runs_here(module: ModuleType) -> bool:
 
 
 def _setup_cuda_home() -> None:
-    """Points torch at /usr/local/cuda when CUDA_HOME is unset (nvcc on PATH may be a bare symlink)."""
+    """Points torch at /usr/local/cuda when CUDA_HOME is unset (nvcc on PATH may be a bare symlink); with neither
+    nor nvcc on PATH, at the toolkit from PyPI wheels (``pip install nerfaccel[cuda]``, see :mod:`.toolkit`)."""
     if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
         return
     default = Path("/usr/local/cuda")
-    if (default / "bin" / "nvcc").exists():
-        os.environ["CUDA_HOME"] = str(default)
+    home = str(default) if (default / "bin" / "nvcc").exists() else None
+    if home is None and shutil.which("nvcc") is None:
+        from . import toolkit  # noqa: PLC0415 - the PyPI toolkit (issue 14)
+
+        home = toolkit.pypi_cuda_home()
+    if home:
+        os.environ["CUDA_HOME"] = home
         if "torch.utils.cpp_extension" in sys.modules:
-            sys.modules["torch.utils.cpp_extension"].CUDA_HOME = str(default)
+            sys.modules["torch.utils.cpp_extension"].CUDA_HOME = home
 
 
 def _first_error_line(text: str) -> str:
