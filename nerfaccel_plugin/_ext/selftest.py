@@ -228,9 +228,9 @@ def run(ops: Any, device: torch.device | str, names: list[str] | None = None) ->
     Returns:
         The :class:`Outcome` (not cached; see :func:`gate`).
     """
-    from .. import _torch_impl  # noqa: PLC0415
-
     import torch._dynamo  # noqa: F401, PLC0415 - imported by the first call of any custom op anyway; not timed
+
+    from .. import _torch_impl  # noqa: PLC0415
 
     device = torch.device(device)
     start = time.perf_counter()
