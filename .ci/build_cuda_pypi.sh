@@ -34,6 +34,7 @@ done
 for d in /usr/local/cuda-*; do
   [ -d "$d" ] && HIDE+=("$(readlink -f "$d")")
 done
+mapfile -t HIDE < <(printf '%s\n' "${HIDE[@]}" | sort -u)
 CLEAN_PATH=$(echo "$PATH" | tr ':' '\n' | grep -vi cuda | paste -sd: -)
 # Wrappers outside the toolkit (e.g. /usr/local/bin/nvcc exec-ing into /usr/local/cuda-13.0) are hidden too:
 # an empty, non-executable file is bind-mounted over each.
@@ -63,9 +64,9 @@ t=$(date +%s)
 import os
 from nerfaccel_plugin._ext import build
 home = build.cuda_home()
-assert "cuda-toolkit-pypi" in home, f"expected the PyPI toolkit tree, got CUDA_HOME={home!r}"
+assert "cuda-toolkit-pypi" in home, "expected the PyPI toolkit tree, got CUDA_HOME=" + repr(home)
 m = build.get_module("cuda")
-print(f"imported {m.__file__}; cuda_arch={getattr(m, \"cuda_arch\", \"?\")}; CUDA_HOME={home}")
+print("imported", m.__file__, "cuda_arch=" + str(getattr(m, "cuda_arch", "?")), "CUDA_HOME=" + home)
 PY
 '
 stamp "done: CUDA extension for sm ${ARCHS} built with the PyPI toolkit in $(( $(date +%s) - t ))s"
