@@ -266,6 +266,70 @@ def run(ops: Any, device: torch.device | str, names: list[str] | None = None) ->
 
 
 # ---------------------------------------------------------------------------------------------
+# Hash encoding (Triton on CUDA): its own small check, used when its kernels are registered
+# ---------------------------------------------------------------------------------------------
+def hash_reference(x: torch.Tensor, table: torch.Tensor, scales: torch.Tensor, table_size: int) -> torch.Tensor:
+    """Nerfstudio's ``HashEncoding.pytorch_fwd`` written out in PyTorch (corners, hash, Python's %, trilinear)."""
+    levels = scales.shape[0]
+    s = x[:, None, :] * scales[:, None]
+    lo, hi = torch.floor(s).int(), torch.ceil(s).int()
+    o = s - lo
+    primes = torch.tensor([1, 2654435761, 805459861], device=x.device)
+    out = 0
+    for k in range(8):
+        bits = torch.tensor([(k >> a) & 1 for a in range(3)], dtype=torch.bool, device=x.device)
+        c = torch.where(bits, hi, lo).long() * primes
+        h = (c[..., 0] ^ c[..., 1] ^ c[..., 2]) % table_size + torch.arange(levels, device=x.device) * table_size
+        out = out + torch.where(bits, o, 1 - o).prod(-1, keepdim=True) * table[h]
+    return out.flatten(1)
+
+
+def run_hash(fwd: Callable, bwd: Callable, device: torch.device | str) -> Outcome:
+    """Checks hash-encoding kernels ``fwd(x, table, scales, table_size)`` / ``bwd(grad, x, table, scales,
+    table_size, need_x_grad)`` against :func:`hash_reference` on ``device`` (forward, table and position gradients,
+    with points outside the unit cube and on grid vertices; plus zero points).
+
+    Args:
+        fwd: Forward kernel.
+        bwd: Backward kernel.
+        device: Where to run.
+
+    Returns:
+        The :class:`Outcome` (``failed_op`` is ``hash_encode`` / ``hash_encode_backward``).
+    """
+    device = torch.device(device)
+    start = time.perf_counter()
+    g = torch.Generator().manual_seed(7)
+    table_size, levels = 64, 3
+    x = torch.rand(203, 3, generator=g) * 1.4 - 0.2
+    x[:3] = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.25, 0.5, 0.75]])
+    x = x.to(device).requires_grad_()
+    table = torch.randn(levels * table_size, 2, generator=g).to(device).requires_grad_()
+    scales = torch.tensor([4.0, 9.0, 17.0], device=device)
+    try:
+        with torch.enable_grad():
+            ref = hash_reference(x, table, scales, table_size)
+            cot = torch.randn(ref.shape, generator=g).to(device)
+            gx_ref, gt_ref = torch.autograd.grad(ref, (x, table), cot)
+        y = fwd(x.detach(), table.detach(), scales, table_size)
+        gt, gx = bwd(cot, x.detach(), table.detach(), scales, table_size, True)
+        empty = fwd(x[:0].detach(), table.detach(), scales, table_size)
+    except Exception as exc:  # noqa: BLE001 - a kernel that raises fails the test
+        return Outcome(False, "error", "hash_encode", float("inf"), f"hash_encode raised {type(exc).__name__}: {exc}")
+    errors = {"hash_encode": _max_err(y, ref.detach()), "hash_encode_backward": max(_max_err(gt, gt_ref),
+              _max_err(gx, gx_ref) / max(1.0, float(gx_ref.abs().max())))}  # fmt: skip
+    if empty.shape != (0, levels * 2):
+        errors["hash_encode"] = float("inf")
+    limits = {"hash_encode": 1e-5, "hash_encode_backward": 1e-4}
+    seconds = time.perf_counter() - start
+    for name, err in errors.items():
+        if not err <= limits[name]:
+            return Outcome(False, "failed", name, err, f"{name} differs from Nerfstudio's math (max error {err:.3g})",
+                           seconds, errors=errors)  # fmt: skip
+    return Outcome(True, "passed", detail="hash kernels match", seconds=seconds, errors=errors)
+
+
+# ---------------------------------------------------------------------------------------------
 # Cache and dispatcher hook
 # ---------------------------------------------------------------------------------------------
 def device_tag(device: torch.device | str) -> str:

@@ -20,6 +20,7 @@ Measured on 2 CPU cores (``benchmarks/bench_hash.py``, ``benchmarks/results/hash
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from jaxtyping import Float
@@ -60,9 +61,24 @@ def _cuda_kernel_registered() -> bool:
         return False
     if "ok" not in _cuda_state:
         try:
-            from .._ext import ops  # noqa: F401, PLC0415 - defines torch.ops.nerfaccel.hash_encode*
+            from .._ext import (
+                ops,  # noqa: F401, PLC0415 - defines torch.ops.nerfaccel.hash_encode*
+                selftest,  # noqa: PLC0415
+            )
             from .._triton import hash as triton_hash  # noqa: PLC0415
 
+            if selftest.enabled():  # first use: the Triton kernels against Nerfstudio's math on this GPU
+                outcome = selftest.run_hash(triton_hash.hash_encode_fwd, triton_hash.hash_encode_bwd, "cuda")
+                if not outcome.passed:
+                    warnings.warn(
+                        f"nerfaccel: the Triton hash-encoding kernels failed their self-test on this GPU "
+                        f"({outcome.summary()}); using Nerfstudio's torch hash encoding instead. Please report "
+                        f"this; {selftest.ENV_VAR}=0 skips the test.",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
+                    _cuda_state["ok"] = False
+                    return False
             triton_hash.register("nerfaccel::hash_encode", "nerfaccel::hash_encode_backward")
             _cuda_state["ok"] = True
         except Exception:  # noqa: BLE001 - no Triton / no op definitions: Nerfstudio's code runs instead

@@ -226,3 +226,29 @@ def test_aot_compiles_without_spills(cc):
         usage = th.resource_usage(k.asm["ptx"], cc)
         assert 0 < usage["registers"] <= 128, usage
         assert usage["spill_stores"] == 0 and usage["spill_loads"] == 0, usage
+
+
+def test_hash_selftest_passes_and_catches_a_broken_kernel():
+    """The first-use check of the hash kernels (run on CUDA before they are registered): our kernels pass (here under
+    the interpreter), a kernel with a wrong position gradient or a wrong hash is caught and named."""
+    import functools
+
+    from nerfaccel_plugin._ext import selftest
+
+    fwd = functools.partial(th.hash_encode_fwd, interpret=True)
+    bwd = functools.partial(th.hash_encode_bwd, interpret=True)
+    ok = selftest.run_hash(fwd, bwd, "cpu")
+    assert ok.passed, ok.detail
+
+    def bad_bwd(*args):
+        g_table, g_x = bwd(*args)
+        return g_table, g_x * 1.01
+
+    out = selftest.run_hash(fwd, bad_bwd, "cpu")
+    assert not out.passed and out.failed_op == "hash_encode_backward"
+
+    def bad_fwd(x, table, scales, table_size):  # corners off by one on the first axis
+        return fwd(x + torch.tensor([1.0, 0, 0]) / scales.max(), table, scales, table_size)
+
+    out = selftest.run_hash(bad_fwd, bwd, "cpu")
+    assert not out.passed and out.status == "failed" and out.failed_op == "hash_encode" and "max error" in out.summary()
