@@ -224,8 +224,8 @@ def missing_compiler_message(cxx: str) -> str:
     if os.environ.get("CONDA_PREFIX"):
         conda = " In a conda environment: conda install -c conda-forge gxx_linux-64"
     return (
-        f"no host C++ compiler: '{cxx}' is not on PATH. The extensions (and nvcc) need one: {how}; or set CXX to "
-        f"an installed g++/clang++.{conda} Without it nerfaccel runs its pure-PyTorch backend."
+        f"no C++ compiler: '{cxx}' is not on PATH. The extensions need one (nvcc too, as its host compiler): "
+        f"{how}; or set CXX to an installed g++/clang++.{conda} Without it nerfaccel runs its pure-PyTorch backend."
     )
 
 
