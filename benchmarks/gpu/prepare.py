@@ -84,6 +84,14 @@ def build_nerfacc(python: str, carry: Path, arch: str, version: str) -> None:
         run([python, "-c", code, str(site), tmp], env={"TORCH_CUDA_ARCH_LIST": arch, "MAX_JOBS": str(os.cpu_count())})
 
 
+def strip_debug(root: Path) -> None:
+    """Drops debug info from the built modules (-g builds are ~40x larger; the carry limit is 64 MiB)."""
+    if shutil.which("strip") is None:
+        return
+    for so in root.rglob("*.so"):
+        subprocess.run(["strip", "--strip-debug", str(so)], check=False)
+
+
 def fetch_wheels(python: str, carry: Path, nerfstudio: str) -> None:
     wheels = carry / "wheels"
     shutil.rmtree(wheels, ignore_errors=True)
@@ -137,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         start = time.monotonic()
         fn()
+        if name in ("ours", "nerfacc"):
+            strip_debug(carry / ("prebuilt" if name == "ours" else "site"))
         timings[name] = round(time.monotonic() - start, 1)
         print(f"prepare: {name} done in {timings[name]} s", flush=True)
     sizes = {p.name: round(size_mib(p), 2) for p in carry.iterdir() if p.is_dir()}
