@@ -60,6 +60,14 @@ def build_ours(python: str, carry: Path, arch: str) -> None:
         )
 
 
+def _cuda_home(python: str) -> str:
+    """The toolkit nerfaccel's own build would use (system, else the PyPI wheels); torch alone may guess wrong from
+    an nvcc wrapper on PATH (e.g. /usr/local/bin/nvcc -> CUDA_HOME=/usr/local)."""
+    code = "from nerfaccel_plugin._ext import build; print(build.cuda_home())"
+    out = subprocess.run([python, "-c", code], check=True, capture_output=True, text=True, cwd=REPO).stdout
+    return out.strip().splitlines()[-1]
+
+
 def build_nerfacc(python: str, carry: Path, arch: str, version: str) -> None:
     site = carry / "site"
     shutil.rmtree(site / "nerfacc", ignore_errors=True)
@@ -81,7 +89,8 @@ def build_nerfacc(python: str, carry: Path, arch: str, version: str) -> None:
             "shutil.copy(m.__file__, os.path.join(sys.argv[1], 'nerfacc', os.path.basename(m.__file__)))\n"
             "print('nerfacc csrc:', m.__file__)\n"
         )
-        run([python, "-c", code, str(site), tmp], env={"TORCH_CUDA_ARCH_LIST": arch, "MAX_JOBS": str(os.cpu_count())})
+        env = {"TORCH_CUDA_ARCH_LIST": arch, "MAX_JOBS": str(os.cpu_count()), "CUDA_HOME": _cuda_home(python)}
+        run([python, "-c", code, str(site), tmp], env=env)
 
 
 def strip_debug(root: Path) -> None:
