@@ -61,9 +61,12 @@ def build_ours(python: str, carry: Path, arch: str) -> None:
 
 
 def _cuda_home(python: str) -> str:
-    """The toolkit nerfaccel's own build would use (system, else the PyPI wheels); torch alone may guess wrong from
-    an nvcc wrapper on PATH (e.g. /usr/local/bin/nvcc -> CUDA_HOME=/usr/local)."""
-    code = "from nerfaccel_plugin._ext import build; print(build.cuda_home())"
+    """A toolkit for nerfacc's build: the PyPI wheels' tree when installed (the system toolkit may lack the cuBLAS
+    headers nerfacc's includes pull in), else nerfaccel's choice; torch alone may guess wrong from an nvcc wrapper on
+    PATH (e.g. /usr/local/bin/nvcc -> CUDA_HOME=/usr/local)."""
+    code = (  # the PyPI tree first: its include/ also holds the cuBLAS headers torch's ATen/cuda headers need
+        "from nerfaccel_plugin._ext import build, toolkit; print(toolkit.pypi_cuda_home() or build.cuda_home())"
+    )
     out = subprocess.run([python, "-c", code], check=True, capture_output=True, text=True, cwd=REPO).stdout
     return out.strip().splitlines()[-1]
 
