@@ -121,8 +121,8 @@ PY
 )
 fi
 case "$MATCH_NOTE" in
-  "carried binaries match")
-    cp -f "$CARRY"/prebuilt/nerfaccel_plugin/_ext/_C_*.so nerfaccel_plugin/_ext/ 2>/dev/null || true ;;
+  "carried binaries match")  # (not in --dry-run: the copies would become this checkout's prebuilt modules)
+    [ "$MODE" = run ] && cp -f "$CARRY"/prebuilt/nerfaccel_plugin/_ext/_C_*.so nerfaccel_plugin/_ext/ 2>/dev/null ;;
   *) NEED_BUILD=1 ;;
 esac
 if compgen -G "$CARRY/wheels/nerfstudio-*.whl" >/dev/null && ! "$PY" -c "import nerfstudio" 2>/dev/null; then
