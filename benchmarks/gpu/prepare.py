@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     carry = args.carry.resolve()
     carry.mkdir(parents=True, exist_ok=True)
-    timings = {}
+    timings: dict[str, float] = {}
+    failures: dict[str, str] = {}
     steps = [
         ("ours", lambda: build_ours(args.python, carry, args.arch)),
         ("nerfacc", lambda: build_nerfacc(args.python, carry, args.arch, args.nerfacc)),
@@ -156,7 +157,12 @@ def main(argv: list[str] | None = None) -> int:
         if name in args.skip:
             continue
         start = time.monotonic()
-        fn()
+        try:
+            fn()
+        except subprocess.CalledProcessError as err:  # report, keep the other steps
+            failures[name] = f"{err.cmd[:2]} exited {err.returncode} (output above)"
+            print(f"prepare: {name} FAILED: {failures[name]}", flush=True)
+            continue
         if name in ("ours", "nerfacc"):
             strip_debug(carry / ("prebuilt" if name == "ours" else "site"))
         timings[name] = round(time.monotonic() - start, 1)
@@ -164,12 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     sizes = {p.name: round(size_mib(p), 2) for p in carry.iterdir() if p.is_dir()}
     manifest = {
         **versions(args.python), "arch": args.arch, "nerfacc": args.nerfacc, "nerfstudio": args.nerfstudio,
-        "sizes_mib": sizes, "seconds": timings, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "sizes_mib": sizes, "seconds": timings, "failed": failures,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }  # fmt: skip
     (carry / "manifest.json").write_text(json.dumps(manifest, indent=1))
     total = size_mib(carry)
     print(json.dumps(manifest, indent=1))
     print(f"prepare: {carry} holds {total:.1f} MiB (limit {LIMIT_MIB} MiB)")
+    if failures:
+        print(f"error: failed steps: {failures}")
+        return 1
     if total > LIMIT_MIB:
         print(f"error: {carry} is {total:.1f} MiB, over {LIMIT_MIB} MiB: use fewer --test-views or skip data")
         return 1
