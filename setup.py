@@ -16,6 +16,7 @@ Ahead-of-time build of the compiled extensions (otherwise they are built lazily 
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -40,6 +41,7 @@ def _extensions(mode: str):
     # the cache-key module only (standard library at import; the build-and-load module needs the package)
     spec = importlib.util.spec_from_file_location("_nerfaccel_keys", ROOT / "nerfaccel_plugin" / "_ext" / "keys.py")
     build = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = build  # toolkit.py (the PyPI CUDA toolkit) finds the cache location through it
     spec.loader.exec_module(build)
     build._setup_cuda_home()
     wanted = {"cpp", "cuda"} if mode in ("1", "true", "yes", "all") else set()

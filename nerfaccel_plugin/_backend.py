@@ -108,7 +108,35 @@ def _choose(device_type: str, forced: str | None) -> _Choice:
                 stacklevel=4,
             )
         return _Choice("torch", f"{native} extension unavailable: {err}")
+    failure = _selftest_gate(native, device_type, ops)
+    if failure is not None:
+        return _Choice("torch", failure)
     return _Choice(native, f"{native} extension loaded", ops, available)
+
+
+def _selftest_gate(kind: str, device_type: str, ops: Any) -> str | None:
+    """First-use self-test of kernel set ``kind`` on the current ``device_type`` device (issue 14): None when it may
+    serve, else why not (the test warns once and records its verdict; see :mod:`nerfaccel_plugin._ext.selftest`).
+    The one hook into dispatch: the per-device dispatcher can call ``selftest.gate`` from ``kernel_for``."""
+    from ._ext import selftest  # noqa: PLC0415
+
+    device = "cpu" if device_type == "cpu" else device_type
+    outcome = selftest.gate(kind, ops, device)
+    if outcome.passed:
+        return None
+    return f"{kind} kernels failed the self-test ({outcome.summary()}); PyTorch reference in use"
+
+
+def _selftest_summary(choice: _Choice, device_type: str) -> str:
+    kind = _EXT_KIND.get(device_type)
+    if kind is None:
+        return "n/a"
+    from ._ext import selftest  # noqa: PLC0415
+
+    outcome = selftest.outcome_for(kind, device_type)
+    if outcome is None:
+        return "not run" if choice.backend != "torch" or choice.ops is None else "n/a"
+    return outcome.summary()
 
 
 def _resolve(device_type: str) -> _Choice:
@@ -146,7 +174,9 @@ def backend_info() -> dict[str, dict[str, str]]:
     ``cuda`` when a GPU is visible.
 
     Returns:
-        ``{device_type: {"backend": ..., "reason": ..., "ops": "k/n primitives in kernels"}}``.
+        ``{device_type: {"backend": ..., "reason": ..., "ops": "k/n primitives in kernels", "selftest": ...}}``
+        (``selftest``: the first-use self-test's outcome, e.g. ``passed (14 ops, 180 ms)`` or
+        ``FAILED: _inclusive_sum max error 1``).
     """
     info: dict[str, dict[str, str]] = {}
     device_types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -158,6 +188,7 @@ def backend_info() -> dict[str, dict[str, str]]:
                 "backend": choice.backend,
                 "reason": choice.reason,
                 "ops": f"{n_kernel}/{len(PRIMITIVES)} primitives in kernels",
+                "selftest": _selftest_summary(choice, device_type),
             }
         except BackendError as err:
             info[device_type] = {"backend": "error", "reason": str(err), "ops": "0"}
@@ -171,6 +202,9 @@ def reset() -> None:
     with _lock:
         _cache.clear()
         _warned.clear()
+    from ._ext import selftest  # noqa: PLC0415
+
+    selftest.reset()
 
 
 # ---------------------------------------------------------------------------------------------

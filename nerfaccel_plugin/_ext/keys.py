@@ -13,6 +13,8 @@ it as a standalone file for :func:`cache_key`, :func:`sources`, :func:`defines` 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import os
 import platform
 import shutil
@@ -221,15 +223,29 @@ def arch_runs_on(arch_list: str, capability: tuple[int, int]) -> bool:
     return False
 
 
+def _toolkit():
+    """:mod:`.toolkit` (the CUDA toolkit from PyPI wheels), also when setup.py loaded this file on its own."""
+    if __package__:
+        return importlib.import_module(".toolkit", __package__)
+    spec = importlib.util.spec_from_file_location("_nerfaccel_toolkit", Path(__file__).with_name("toolkit.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _setup_cuda_home() -> None:
-    """Points torch at /usr/local/cuda when CUDA_HOME is unset (nvcc on PATH may be a bare symlink)."""
+    """Points torch at /usr/local/cuda when CUDA_HOME is unset (nvcc on PATH may be a bare symlink); with neither
+    nor nvcc on PATH, at the toolkit from PyPI wheels (``pip install nerfaccel[cuda]``, see :mod:`.toolkit`)."""
     if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
         return
     default = Path("/usr/local/cuda")
-    if (default / "bin" / "nvcc").exists():
-        os.environ["CUDA_HOME"] = str(default)
+    home = str(default) if (default / "bin" / "nvcc").exists() else None
+    if home is None and shutil.which("nvcc") is None:
+        home = _toolkit().pypi_cuda_home()
+    if home:
+        os.environ["CUDA_HOME"] = home
         if "torch.utils.cpp_extension" in sys.modules:
-            sys.modules["torch.utils.cpp_extension"].CUDA_HOME = str(default)
+            sys.modules["torch.utils.cpp_extension"].CUDA_HOME = home
 
 
 def import_cpp_extension():
@@ -273,7 +289,7 @@ def toolchain_problem(kind: str) -> str | None:
 
     cxx = os.environ.get("CXX", "c++")
     if shutil.which(cxx) is None:
-        return f"no C++ compiler ('{cxx}' not found; install g++ or set CXX)"
+        return _toolkit().missing_compiler_message(cxx)
     try:
         cpp_extension.verify_ninja_availability()
     except RuntimeError:
@@ -282,5 +298,8 @@ def toolchain_problem(kind: str) -> str | None:
         if torch.version.cuda is None:
             return "this torch build has no CUDA support"
         if cpp_extension.CUDA_HOME is None:
-            return "no CUDA toolkit found (set CUDA_HOME to a CUDA installation with nvcc)"
+            return (
+                "no CUDA toolkit found: install nvcc and the headers from PyPI with "
+                f"{_toolkit().install_hint()}, or set CUDA_HOME to a CUDA installation with nvcc"
+            )
     return None

@@ -383,7 +383,7 @@ def _hash_bwd(ctx, grad):
     x, table, scales = ctx.saved_tensors
     need_x = ctx.needs_input_grad[0]
     g_table, g_x = torch.ops.nerfaccel.hash_encode_backward(
-        _zeros_if_none(grad, torch.empty((x.shape[0], scales.shape[0] * table.shape[1]), dtype=x.dtype)),
+        _zeros_if_none(grad, x.new_empty((x.shape[0], scales.shape[0] * table.shape[1]))),
         x, table, scales, ctx.table_size, need_x,
     )  # fmt: skip
     return (g_x if need_x else None), g_table, None, None

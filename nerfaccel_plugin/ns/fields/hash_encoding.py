@@ -1,4 +1,4 @@
-"""A faster CPU path for Nerfstudio's multiresolution hash encoding.
+"""Faster CPU and CUDA paths for Nerfstudio's multiresolution hash encoding (no tiny-cuda-nn needed).
 
 Nerfstudio's ``HashEncoding`` uses tiny-cuda-nn on a GPU when installed and otherwise a pure-PyTorch path
 that builds eight gathered corner tensors per level. On the CPU that path dominates a training step.
@@ -9,12 +9,18 @@ point, OpenMP over points (forward) and over levels (backward, no atomics). It f
 code for other devices, when the C++ extension is unavailable, when ``NERFACCEL_BACKEND=torch``, or when
 ``NERFACCEL_HASH_KERNEL=0``.
 
+On CUDA tensors the same op runs nerfaccel's Triton kernels (``nerfaccel_plugin/_triton/hash.py``: same hash,
+corners and weights; the table gradient scattered with atomics; float32 or half tables) when Triton is installed;
+otherwise Nerfstudio's code. With ``hash_implementation: auto`` a model uses tiny-cuda-nn when it is installed and
+these kernels otherwise (:func:`use_nerfaccel_hash_encoding`).
+
 Measured on 2 CPU cores (``benchmarks/bench_hash.py``, ``benchmarks/results/hash-cpu.md``).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from jaxtyping import Float
@@ -26,9 +32,14 @@ from ... import _backend
 ENV_VAR = "NERFACCEL_HASH_KERNEL"
 
 
-def hash_kernel_available() -> bool:
-    """Whether the fused CPU kernel will be used for CPU tensors (extension loaded, not switched off)."""
+def hash_kernel_available(device_type: str = "cpu") -> bool:
+    """Whether nerfaccel's fused kernel will be used for tensors of ``device_type`` (not switched off; on ``cpu``
+    the C++ extension is loaded, on ``cuda`` Triton is installed and its kernels are registered)."""
     if os.environ.get(ENV_VAR, "1").strip() == "0":
+        return False
+    if device_type == "cuda":
+        return _cuda_kernel_registered()
+    if device_type != "cpu":
         return False
     try:
         choice = _backend._resolve("cpu")
@@ -41,10 +52,44 @@ def hash_kernel_available() -> bool:
     return True
 
 
+_cuda_state: dict[str, bool] = {}
+
+
+def _cuda_kernel_registered() -> bool:
+    """Registers the Triton kernels as the CUDA kernels of the hash ops once; False if that is not possible."""
+    if os.environ.get(_backend.ENV_VAR, "").strip().lower() == "torch":
+        return False
+    if "ok" not in _cuda_state:
+        try:
+            from ..._ext import (
+                ops,  # noqa: F401, PLC0415 - defines torch.ops.nerfaccel.hash_encode*
+                selftest,  # noqa: PLC0415
+            )
+            from ..._triton import hash as triton_hash  # noqa: PLC0415
+
+            if selftest.enabled():  # first use: the Triton kernels against Nerfstudio's math on this GPU
+                outcome = selftest.run_hash(triton_hash.hash_encode_fwd, triton_hash.hash_encode_bwd, "cuda")
+                if not outcome.passed:
+                    warnings.warn(
+                        f"nerfaccel: the Triton hash-encoding kernels failed their self-test on this GPU "
+                        f"({outcome.summary()}); using Nerfstudio's torch hash encoding instead. Please report "
+                        f"this; {selftest.ENV_VAR}=0 skips the test.",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
+                    _cuda_state["ok"] = False
+                    return False
+            triton_hash.register("nerfaccel::hash_encode", "nerfaccel::hash_encode_backward")
+            _cuda_state["ok"] = True
+        except Exception:  # noqa: BLE001 - no Triton / no op definitions: Nerfstudio's code runs instead
+            _cuda_state["ok"] = False
+    return _cuda_state["ok"]
+
+
 def hash_encode(
     x: Float[Tensor, "n 3"], table: Float[Tensor, "levels_x_size f"], scales: Float[Tensor, " levels"], table_size: int
 ) -> Float[Tensor, "n levels_x_f"]:
-    """The fused CPU hash encoding (differentiable w.r.t. ``x`` and ``table``).
+    """The fused hash encoding, C++ on CPU tensors and Triton on CUDA (differentiable w.r.t. ``x`` and ``table``).
 
     Args:
         x: ``(n, 3)`` points (Nerfstudio feeds positions normalized to ``[0, 1]``).
@@ -59,13 +104,19 @@ def hash_encode(
 
 
 class NerfaccelHashEncoding(HashEncoding):
-    """Nerfstudio's ``HashEncoding`` with nerfaccel's fused kernel for CPU tensors (same parameters)."""
+    """Nerfstudio's ``HashEncoding`` with nerfaccel's fused kernels for CPU and CUDA tensors (same parameters)."""
 
     def pytorch_fwd(self, in_tensor: Float[Tensor, "*bs input_dim"]) -> Float[Tensor, "*bs output_dim"]:
-        """Fused kernel on CPU tensors, Nerfstudio's PyTorch path elsewhere."""
-        if in_tensor.device.type != "cpu" or not hash_kernel_available():
+        """Fused kernel on CPU (C++) and CUDA (Triton) tensors, Nerfstudio's PyTorch path elsewhere."""
+        device_type = in_tensor.device.type
+        if device_type not in ("cpu", "cuda") or not hash_kernel_available(device_type):
             return super().pytorch_fwd(in_tensor)
         table = self.hash_table
+        if device_type == "cuda":  # Triton: any float table, output in the promoted dtype (as Nerfstudio's)
+            x = in_tensor.reshape(-1, 3).to(torch.promote_types(in_tensor.dtype, table.dtype))
+            scales = self.scalings.to(device=x.device, dtype=x.dtype)
+            out = hash_encode(x, table, scales, self.hash_table_size)
+            return out.reshape(*in_tensor.shape[:-1], out.shape[-1])
         x = in_tensor.reshape(-1, 3).to(table.dtype)
         scales = self.scalings.to(device=x.device, dtype=table.dtype)
         out = hash_encode(x, table, scales, self.hash_table_size)

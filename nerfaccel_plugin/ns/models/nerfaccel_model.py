@@ -182,8 +182,10 @@ class NerfaccelModelConfig(ModelConfig):
     torch ``HashEncoding`` otherwise. The two store different parameters, so a checkpoint loads only into the
     backend it was trained with (``torch`` gives checkpoints that load anywhere)."""
     cpu_hash_kernel: bool = True
-    """Run hash encodings on CPU tensors through nerfaccel's fused C++ kernel (same parameters and results as
-    Nerfstudio's torch path, several times faster); tiny-cuda-nn / GPU encodings are untouched."""
+    """Run Nerfstudio's torch hash encodings through nerfaccel's fused kernels: C++ on CPU tensors, Triton on CUDA
+    tensors (same parameters and results as Nerfstudio's torch path, several times faster). With
+    ``hash_implementation: auto`` tiny-cuda-nn is used when installed, these kernels otherwise; tiny-cuda-nn
+    encodings are untouched. (The name predates the CUDA kernels.)"""
     value_checks: Literal["auto", "always", "never"] = "auto"
     """nerfaccel's input checks that read tensor values (NaN rays, sorted ray indices, index ranges) inside each
     forward pass: each is a host synchronization on a GPU, and the model builds those inputs with its own
