@@ -118,9 +118,11 @@ def test_help_lists_only_the_options_of_the_method(name):
     text = _help(name)
     for part, option in PART_OPTIONS.items():
         assert (option in text) == (part in PARTS[name]), (name, option)
-    # no switch between parts, and none of the old flat names
+    # no switch between parts, none of the old flat names, and none of Nerfstudio's options that do nothing here
     for old in ("--pipeline.model.field-type", "--pipeline.model.sampler ", "--pipeline.model.mlp-", "proposal-max"):
         assert old not in text
+    for unused in ("enable-collider", "collider-params", "loss-coefficients"):
+        assert f"--pipeline.model.{unused}" not in text, unused
 
 
 def test_configs_are_independent_copies():

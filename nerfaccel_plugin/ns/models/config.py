@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
+import tyro
 from nerfstudio.configs.base_config import PrintableConfig
 from nerfstudio.models.base_model import ModelConfig
 
@@ -558,10 +559,19 @@ class NerfaccelModelConfig(ModelConfig):
     a ``sampler`` part. Every default is chosen for quality and speed (see each option)."""
 
     _target: type = dataclasses.field(default_factory=_model_class)
-    enable_collider: bool = False
+    # Nerfstudio's ModelConfig options that do nothing here are kept (config.yml files name them) but hidden from
+    # the command line: the samplers bound the rays (no collider), there is no text prompt, and the losses are
+    # weighted by the options of the parts.
+    enable_collider: tyro.conf.Suppress[bool] = False
     """Nerfstudio's near/far collider is not needed: the occupancy grid / proposal sampler bounds the rays."""
-    collider_params: Optional[dict[str, float]] = None
+    collider_params: tyro.conf.Suppress[Optional[dict[str, float]]] = None
     """Unused (no collider)."""
+    loss_coefficients: tyro.conf.Suppress[dict[str, float]] = dataclasses.field(
+        default_factory=lambda: {"rgb_loss_coarse": 1.0, "rgb_loss_fine": 1.0}
+    )
+    """Unused (Nerfstudio's default, kept for config.yml files)."""
+    prompt: tyro.conf.Suppress[Optional[str]] = None
+    """Unused (no text prompt)."""
     eval_num_rays_per_chunk: int = 8192
     """Rays rendered at once when rendering whole images (eval, viewer, ns-render)."""
     field: FieldConfig = dataclasses.field(default_factory=HashFieldConfig)
