@@ -422,3 +422,30 @@ def test_unsorted_samples_are_caught_in_a_cpu_forward(monkeypatch):
     model.config.sampler.eval_march_steps = 0
     with pytest.raises(ValueError, match="ray_indices"):
         model(_ray_bundle(8))
+
+
+@pytest.mark.parametrize("march_steps", [7, 64])
+def test_segmented_eval_march_equals_one_march(march_steps):
+    """ns/models/eval_march.py: marching in segments composites the same samples as one march (no early stop).
+
+    (With 1-step segments one ray of 32 got one sample fewer or more than the single march, out of ~580: a
+    segment boundary that rounds onto a lattice point.)"""
+    model = _small_model("torch", eval_march_steps=march_steps)
+    model.occupancy_grid.binaries.fill_(True)
+    model.sampler.early_stop_eps = 0.0  # composite every sample, as the full render does
+    torch.manual_seed(4)
+    for p in model.field.parameters():  # a field dense enough that the rays gather real opacity
+        p.data.normal_(0.0, 0.5)
+    bundle = _ray_bundle(32)
+    background = torch.rand(32, 3)
+    with torch.no_grad():
+        segmented = model._render_occupancy_eval(bundle, background)
+        model.config.sampler.eval_march_steps = 0
+        full = model.get_outputs(bundle)  # eval mode, eval_march_steps 0: every sample at once
+    full_rgb = full["rgb"] - torch.tensor([1.0, 1.0, 1.0]) * (1.0 - full["accumulation"])  # white eval background
+    seg_rgb = segmented["rgb"] - background * (1.0 - segmented["accumulation"])
+    assert bool((full["num_samples_per_ray"] > 0).any())
+    assert float(full["accumulation"].max()) > 0.05
+    torch.testing.assert_close(segmented["num_samples_per_ray"], full["num_samples_per_ray"])
+    torch.testing.assert_close(segmented["accumulation"], full["accumulation"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(seg_rgb, full_rgb, rtol=1e-4, atol=1e-5)
