@@ -201,9 +201,9 @@ def _ngp_config(data: Path, background: str, steps: int | None, schedule_mode: s
         cfg.pipeline.max_num_samples_per_ray = 64
         model = cfg.pipeline.model
         model.eval_num_rays_per_chunk = 4096
-        model.grid_resolution = 64
-        model.max_res, model.log2_hashmap_size = 512, 17
-        model.render_step_size = 3.0 * math.sqrt(3.0) / 256
+        model.sampler.grid_resolution = 64
+        model.field.max_res, model.field.log2_hashmap_size = 512, 17
+        model.sampler.render_step_size = 3.0 * math.sqrt(3.0) / 256
     return cfg
 
 

@@ -3,7 +3,7 @@
 from nerfstudio.plugins.types import MethodSpecification
 
 from nerfaccel_plugin.ns.dataparsers import NerfaccelDNeRFDataParserConfig
-from nerfaccel_plugin.ns.models import NerfaccelModelConfig
+from nerfaccel_plugin.ns.models import NerfaccelModelConfig, OccupancySamplerConfig, TimeHashFieldConfig
 from nerfaccel_plugin.ns.trainer import make_trainer_config
 
 nerfaccel_dnerf = MethodSpecification(
@@ -11,13 +11,8 @@ nerfaccel_dnerf = MethodSpecification(
         method_name="nerfaccel-dnerf",
         dataparser=NerfaccelDNeRFDataParserConfig(),
         model=NerfaccelModelConfig(
-            field_type="time-hash",
-            sampler="occupancy",
-            contraction="none",
-            grid_resolution=128,
-            grid_levels=1,
-            occ_time_samples=2,
-            alpha_thre=0.01,
+            field=TimeHashFieldConfig(grid_time_samples=2),
+            sampler=OccupancySamplerConfig(grid_resolution=128, grid_levels=1, alpha_thre=0.01),
             background_color="random",
         ),
         gpu_steps=30000,

@@ -3,7 +3,7 @@
 from nerfstudio.plugins.types import MethodSpecification
 
 from nerfaccel_plugin.ns.dataparsers import NerfaccelBlenderDataParserConfig
-from nerfaccel_plugin.ns.models import NerfaccelModelConfig
+from nerfaccel_plugin.ns.models import HashFieldConfig, NerfaccelModelConfig, OccupancySamplerConfig
 from nerfaccel_plugin.ns.trainer import make_trainer_config
 
 nerfaccel_lego = MethodSpecification(
@@ -11,13 +11,8 @@ nerfaccel_lego = MethodSpecification(
         method_name="nerfaccel-lego",
         dataparser=NerfaccelBlenderDataParserConfig(),
         model=NerfaccelModelConfig(
-            field_type="hash",
-            sampler="occupancy",
-            contraction="none",
-            grid_resolution=128,
-            grid_levels=1,
-            cone_angle=0.0,
-            alpha_thre=0.01,
+            field=HashFieldConfig(contraction="none"),
+            sampler=OccupancySamplerConfig(grid_resolution=128, grid_levels=1, cone_angle=0.0, alpha_thre=0.01),
             background_color="random",
         ),
         gpu_steps=20000,

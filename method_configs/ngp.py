@@ -3,7 +3,7 @@
 from nerfstudio.plugins.types import MethodSpecification
 
 from nerfaccel_plugin.ns.dataparsers import NerfaccelNerfstudioDataParserConfig
-from nerfaccel_plugin.ns.models import NerfaccelModelConfig
+from nerfaccel_plugin.ns.models import HashFieldConfig, NerfaccelModelConfig, OccupancySamplerConfig
 from nerfaccel_plugin.ns.trainer import make_trainer_config
 
 nerfaccel_ngp = MethodSpecification(
@@ -11,16 +11,11 @@ nerfaccel_ngp = MethodSpecification(
         method_name="nerfaccel-ngp",
         dataparser=NerfaccelNerfstudioDataParserConfig(),
         model=NerfaccelModelConfig(
-            field_type="hash",
-            sampler="occupancy",
-            contraction="linf",
-            grid_resolution=128,
-            grid_levels=4,
-            cone_angle=1.0 / 256,
-            alpha_thre=0.01,
-            near_plane=0.05,
+            field=HashFieldConfig(contraction="linf", appearance_embedding_dim=0),
+            sampler=OccupancySamplerConfig(
+                grid_resolution=128, grid_levels=4, cone_angle=1.0 / 256, alpha_thre=0.01, near_plane=0.05
+            ),
             background_color="random",
-            appearance_embedding_dim=0,
         ),
         gpu_steps=20000,
         cpu_steps=4000,

@@ -3,7 +3,7 @@
 from nerfstudio.plugins.types import MethodSpecification
 
 from nerfaccel_plugin.ns.dataparsers import NerfaccelNerfstudioDataParserConfig
-from nerfaccel_plugin.ns.models import NerfaccelModelConfig
+from nerfaccel_plugin.ns.models import HashFieldConfig, NerfaccelModelConfig, ProposalSamplerConfig
 from nerfaccel_plugin.ns.trainer import make_trainer_config
 
 nerfaccel_360 = MethodSpecification(
@@ -11,14 +11,14 @@ nerfaccel_360 = MethodSpecification(
         method_name="nerfaccel-360",
         dataparser=NerfaccelNerfstudioDataParserConfig(),
         model=NerfaccelModelConfig(
-            field_type="hash",
-            sampler="proposal",
-            contraction="l2",
-            num_proposal_samples=(256, 96),
-            num_samples=48,
-            proposal_near_plane=0.05,
-            proposal_far_plane=1e3,
-            proposal_sampling_type="lindisp",
+            field=HashFieldConfig(contraction="l2"),
+            sampler=ProposalSamplerConfig(
+                num_proposal_samples=(256, 96),
+                num_samples=48,
+                near_plane=0.05,
+                far_plane=1e3,
+                sampling_type="lindisp",
+            ),
             background_color="random",
         ),
         gpu_steps=20000,

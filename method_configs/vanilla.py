@@ -3,7 +3,7 @@
 from nerfstudio.plugins.types import MethodSpecification
 
 from nerfaccel_plugin.ns.dataparsers import NerfaccelBlenderDataParserConfig
-from nerfaccel_plugin.ns.models import NerfaccelModelConfig
+from nerfaccel_plugin.ns.models import MlpFieldConfig, NerfaccelModelConfig, OccupancySamplerConfig
 from nerfaccel_plugin.ns.trainer import make_trainer_config
 
 nerfaccel_vanilla = MethodSpecification(
@@ -11,13 +11,10 @@ nerfaccel_vanilla = MethodSpecification(
         method_name="nerfaccel-vanilla",
         dataparser=NerfaccelBlenderDataParserConfig(),
         model=NerfaccelModelConfig(
-            field_type="mlp",
-            sampler="occupancy",
-            contraction="none",
-            grid_resolution=128,
-            grid_levels=1,
-            alpha_thre=0.0,
-            samples_per_diagonal=500,
+            field=MlpFieldConfig(contraction="none"),
+            sampler=OccupancySamplerConfig(
+                grid_resolution=128, grid_levels=1, alpha_thre=0.0, samples_per_diagonal=500
+            ),
             background_color="random",
         ),
         gpu_steps=50000,

@@ -181,11 +181,15 @@ def test_bad_input_names_the_problem():
 def test_nerfaccel_model_uses_the_kernel_on_cpu():
     from nerfstudio.data.scene_box import SceneBox
 
-    from nerfaccel_plugin.ns.models import NerfaccelModelConfig
+    from nerfaccel_plugin.ns.models import HashFieldConfig, NerfaccelModelConfig, OccupancySamplerConfig
 
     box = SceneBox(aabb=torch.tensor([[-1.0, -1, -1], [1, 1, 1]]))
-    small = dict(num_levels=4, max_res=64, log2_hashmap_size=10, grid_resolution=16)
-    for cfg in (NerfaccelModelConfig(**small), NerfaccelModelConfig(**small, cpu_hash_kernel=False)):
+    small = dict(num_levels=4, max_res=64, log2_hashmap_size=10)
+    configs = [
+        NerfaccelModelConfig(field=HashFieldConfig(**small, cpu_hash_kernel=kernel), sampler=OccupancySamplerConfig(16))
+        for kernel in (True, False)
+    ]
+    for cfg in configs:
         model = cfg.setup(scene_box=box, num_train_data=2)
         kinds = {type(m) for m in model.modules() if isinstance(m, HashEncoding)}
         assert kinds == ({NerfaccelHashEncoding} if cfg.cpu_hash_kernel else {HashEncoding})

@@ -9,6 +9,14 @@ from __future__ import annotations
 import pytest
 from nerfaccel_plugin.method_configs import method_config
 
+from nerfaccel_plugin.ns.models import (
+    HashFieldConfig,
+    MlpFieldConfig,
+    OccupancySamplerConfig,
+    ProposalSamplerConfig,
+    TimeHashFieldConfig,
+)
+
 METHODS = ["nerfaccel-lego", "nerfaccel-ngp", "nerfaccel-360", "nerfaccel-vanilla", "nerfaccel-dnerf"]
 
 
@@ -27,46 +35,108 @@ def test_gpu_and_cpu_variants(name):
     assert (cpu.pipeline.min_rays_per_batch, cpu.pipeline.max_rays_per_batch) == (256, 2048)
     g, c = gpu.pipeline.model, cpu.pipeline.model
     assert c.eval_num_rays_per_chunk == 4096
-    assert (g.occ_update_every, g.occ_warmup_steps, g.occ_thre, g.occ_ema_decay) == (16, 256, 0.01, 0.95)
-    assert (g.early_stop_eps, g.eval_march_steps, g.background_color) == (1e-4, 64, "random")
-    if g.sampler == "occupancy":
-        assert (g.grid_resolution, c.grid_resolution) == (128, 64)
-        assert g.samples_per_diagonal == (500 if vanilla else 1000)
-        assert c.samples_per_diagonal == 256
-    if g.field_type in ("hash", "time-hash"):
-        assert (g.num_levels, g.max_res, g.log2_hashmap_size) == (16, 2048, 19)
-        assert (c.num_levels, c.max_res, c.log2_hashmap_size) == (8, 512, 17)
+    assert g.background_color == "random"
+    if isinstance(g.sampler, OccupancySamplerConfig):
+        gs, cs = g.sampler, c.sampler
+        assert (gs.update_every, gs.warmup_steps, gs.occ_thre, gs.ema_decay) == (16, 256, 0.01, 0.95)
+        assert (gs.early_stop_eps, gs.eval_march_steps) == (1e-4, 64)
+        assert (gs.grid_resolution, cs.grid_resolution) == (128, 64)
+        assert gs.samples_per_diagonal == (500 if vanilla else 1000)
+        assert cs.samples_per_diagonal == 256
+    if isinstance(g.field, (HashFieldConfig, TimeHashFieldConfig)):
+        assert (g.field.num_levels, g.field.max_res, g.field.log2_hashmap_size) == (16, 2048, 19)
+        assert (c.field.num_levels, c.field.max_res, c.field.log2_hashmap_size) == (8, 512, 17)
     lr = gpu.optimizers["fields"]["optimizer"].lr
     assert lr == (5e-4 if vanilla else 1e-2)
 
 
 def test_per_method_sampling_settings():
     lego = method_config("nerfaccel-lego", "cuda").pipeline.model
-    assert (lego.sampler, lego.grid_levels, lego.contraction, lego.cone_angle) == ("occupancy", 1, "none", 0.0)
+    assert type(lego.field) is HashFieldConfig and type(lego.sampler) is OccupancySamplerConfig
+    assert (lego.sampler.grid_levels, lego.field.contraction, lego.sampler.cone_angle) == (1, "none", 0.0)
     ngp = method_config("nerfaccel-ngp", "cuda").pipeline.model
-    assert (ngp.sampler, ngp.grid_levels, ngp.contraction, ngp.cone_angle) == ("occupancy", 4, "linf", 1 / 256)
+    assert type(ngp.field) is HashFieldConfig and type(ngp.sampler) is OccupancySamplerConfig
+    assert (ngp.sampler.grid_levels, ngp.field.contraction, ngp.sampler.cone_angle) == (4, "linf", 1 / 256)
     m360 = method_config("nerfaccel-360", "cuda")
-    assert (m360.pipeline.model.sampler, m360.pipeline.model.contraction) == ("proposal", "l2")
-    assert (tuple(m360.pipeline.model.num_proposal_samples), m360.pipeline.model.num_samples) == ((256, 96), 48)
+    model = m360.pipeline.model
+    assert type(model.sampler) is ProposalSamplerConfig and model.field.contraction == "l2"
+    assert (tuple(model.sampler.num_proposal_samples), model.sampler.num_samples) == ((256, 96), 48)
     assert "proposal_networks" in m360.optimizers
     vanilla = method_config("nerfaccel-vanilla", "cuda").pipeline.model
-    assert (vanilla.field_type, vanilla.sampler) == ("mlp", "occupancy")
+    assert type(vanilla.field) is MlpFieldConfig and type(vanilla.sampler) is OccupancySamplerConfig
     dnerf = method_config("nerfaccel-dnerf", "cuda").pipeline.model
-    assert (dnerf.field_type, dnerf.sampler) == ("time-hash", "occupancy") and dnerf.occ_time_samples >= 1
+    assert type(dnerf.field) is TimeHashFieldConfig and type(dnerf.sampler) is OccupancySamplerConfig
+    assert dnerf.field.grid_time_samples >= 1
+
+
+def test_methods_come_from_the_entry_points():
+    """method_config() knows exactly the methods pyproject.toml registers (no hand-kept list)."""
+    from importlib.metadata import entry_points
+
+    from nerfaccel_plugin.ns.trainer import registered_methods
+
+    ours = {ep.name for ep in entry_points(group="nerfstudio.method_configs") if ep.value.startswith("nerfaccel_")}
+    assert set(registered_methods()) == ours == set(METHODS)
+    for name in METHODS:
+        assert method_config(name, "cpu").method_name == name
+
+
+def _help(name: str) -> str:
+    """``ns-train <name> --help`` as tyro prints it for the registered config (in-process)."""
+    import contextlib
+    import io
+
+    import tyro
+
+    config = method_config(name, "cpu")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        tyro.cli(type(config), default=config, args=["--help"])
+    return out.getvalue()
+
+
+# Options of each part, as the command line spells them; a method's --help lists exactly those of its parts.
+PART_OPTIONS = {
+    "hash": "--pipeline.model.field.log2-hashmap-size",
+    "mlp": "--pipeline.model.field.position-frequencies",
+    "time": "--pipeline.model.field.time-frequencies",
+    "contraction": "--pipeline.model.field.contraction",
+    "occupancy": "--pipeline.model.sampler.grid-resolution",
+    "proposal": "--pipeline.model.sampler.num-proposal-samples",
+}
+PARTS = {
+    "nerfaccel-lego": {"hash", "contraction", "occupancy"},
+    "nerfaccel-ngp": {"hash", "contraction", "occupancy"},
+    "nerfaccel-360": {"hash", "contraction", "proposal"},
+    "nerfaccel-vanilla": {"mlp", "contraction", "occupancy"},
+    "nerfaccel-dnerf": {"hash", "time", "occupancy"},
+}
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_help_lists_only_the_options_of_the_method(name):
+    text = _help(name)
+    for part, option in PART_OPTIONS.items():
+        assert (option in text) == (part in PARTS[name]), (name, option)
+    # no switch between parts, none of the old flat names, and none of Nerfstudio's options that do nothing here
+    for old in ("--pipeline.model.field-type", "--pipeline.model.sampler ", "--pipeline.model.mlp-", "proposal-max"):
+        assert old not in text
+    for unused in ("enable-collider", "collider-params", "loss-coefficients"):
+        assert f"--pipeline.model.{unused}" not in text, unused
 
 
 def test_configs_are_independent_copies():
     """Changing a built config touches neither the registered one nor the next one built."""
     from nerfaccel_plugin.method_configs.lego import nerfaccel_lego
 
-    registered = nerfaccel_lego.config.pipeline.model.grid_resolution
+    registered = nerfaccel_lego.config.pipeline.model.sampler.grid_resolution
     cfg = method_config("nerfaccel-lego", "cpu")
-    cfg.pipeline.model.grid_resolution = 7
+    cfg.pipeline.model.sampler.grid_resolution = 7
     cfg.pipeline.datamanager.dataparser.scale_factor = 3.0
     again = method_config("nerfaccel-lego", "cpu")
-    assert again.pipeline.model.grid_resolution == 64
+    assert again.pipeline.model.sampler.grid_resolution == 64
     assert again.pipeline.datamanager.dataparser.scale_factor != 3.0
-    assert nerfaccel_lego.config.pipeline.model.grid_resolution == registered
+    assert nerfaccel_lego.config.pipeline.model.sampler.grid_resolution == registered
 
 
 def test_default_variant_follows_the_machine():

@@ -15,7 +15,13 @@ import torch
 from nerfstudio.data.scene_box import SceneBox
 
 from nerfaccel_plugin.ns.fields.dynamic_field import TimeHashField
-from nerfaccel_plugin.ns.models import NerfaccelModelConfig
+from nerfaccel_plugin.ns.models import (
+    HashFieldConfig,
+    MlpFieldConfig,
+    NerfaccelModelConfig,
+    OccupancySamplerConfig,
+    ProposalSamplerConfig,
+)
 from nerfaccel_plugin.ns.models.nerfaccel_model import _hash_implementation
 
 AABB = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
@@ -42,7 +48,10 @@ def test_time_hash_field_density_fn_uses_the_time():
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = NerfaccelModelConfig(field_type="hash", num_levels=4, max_res=64, log2_hashmap_size=12, grid_resolution=16)
+    cfg = NerfaccelModelConfig(
+        field=HashFieldConfig(num_levels=4, max_res=64, log2_hashmap_size=12),
+        sampler=OccupancySamplerConfig(grid_resolution=16),
+    )
     m = cfg.setup(scene_box=SceneBox(AABB), num_train_data=4, metadata={}, device="cpu")
     m.eval()
     return m
@@ -104,11 +113,12 @@ def tcnn_machine():
         yield
 
 
-def _small_model(hash_implementation="auto", **overrides):
+def _small_model(hash_implementation="auto", eval_march_steps=64, **overrides):
     cfg = NerfaccelModelConfig(
-        field_type="hash", num_levels=4, max_res=64, log2_hashmap_size=10, grid_resolution=16,
-        hash_implementation=hash_implementation, **overrides,
-    )  # fmt: skip
+        field=HashFieldConfig(num_levels=4, max_res=64, log2_hashmap_size=10, hash_implementation=hash_implementation),
+        sampler=OccupancySamplerConfig(grid_resolution=16, eval_march_steps=eval_march_steps),
+        **overrides,
+    )
     torch.manual_seed(1)
     model = cfg.setup(scene_box=SceneBox(AABB), num_train_data=4, metadata={}, device="cpu")
     model.eval()
@@ -185,11 +195,13 @@ def test_resume_picks_the_checkpoints_backend_before_the_optimizers(tmp_path):
     cfg.load_dir = tmp_path
     assert checkpoint_to_load(cfg) == tmp_path / "step-000000007.ckpt"
     follow_checkpoint_hash_backend(cfg)
-    assert cfg.pipeline.model.hash_implementation == "torch"
+    assert cfg.pipeline.model.field.hash_implementation == "torch"
     cfg = method_config("nerfaccel-lego", "cpu")
     cfg.load_dir, cfg.load_step = tmp_path, 3
     follow_checkpoint_hash_backend(cfg)
-    assert cfg.pipeline.model.hash_implementation == "auto"  # tiny-cuda-nn checkpoints: auto picks it where it runs
+    assert (
+        cfg.pipeline.model.field.hash_implementation == "auto"
+    )  # tiny-cuda-nn checkpoints: auto picks it where it runs
 
 
 # --- the CUDA device of eval_setup --------------------------------------------------------------------------
@@ -256,9 +268,11 @@ def test_num_samples_per_ray_can_be_colormapped(eval_march_steps):
 
 def test_proposal_model_num_samples_per_ray_is_float():
     cfg = NerfaccelModelConfig(
-        sampler="proposal", contraction="l2", num_levels=4, max_res=64, log2_hashmap_size=10,
-        num_proposal_samples=(16, 8), num_samples=8, proposal_max_res=(32, 32), proposal_log2_hashmap_size=10,
-    )  # fmt: skip
+        field=HashFieldConfig(contraction="l2", num_levels=4, max_res=64, log2_hashmap_size=10),
+        sampler=ProposalSamplerConfig(
+            num_proposal_samples=(16, 8), num_samples=8, max_res=(32, 32), log2_hashmap_size=10
+        ),
+    )
     model = cfg.setup(scene_box=SceneBox(AABB), num_train_data=4, metadata={}, device="cpu")
     model.eval()
     with torch.no_grad():
@@ -308,7 +322,9 @@ def test_checkpoint_keys_do_not_depend_on_lpips(monkeypatch):
 def test_vanilla_encoding_uses_the_original_nerf_bands():
     """sin/cos(2^k x), k < 10, on raw positions as the original NeRF and nerfacc's vanilla example (Nerfstudio's
     NeRFEncoding alone would give sin(2 pi 2^k x): a top band of 2 pi 512 rad per unit)."""
-    cfg = NerfaccelModelConfig(field_type="mlp", mlp_num_layers=2, mlp_layer_width=16, grid_resolution=16)
+    cfg = NerfaccelModelConfig(
+        field=MlpFieldConfig(num_layers=2, layer_width=16), sampler=OccupancySamplerConfig(grid_resolution=16)
+    )
     model = cfg.setup(scene_box=SceneBox(AABB * 1.5), num_train_data=4, metadata={}, device="cpu")
     x = torch.rand(50, 3, dtype=torch.float64) * 3.0 - 1.5
     for encoding, levels in ((model.field.position_encoding, 10), (model.field.direction_encoding, 4)):
@@ -320,7 +336,7 @@ def test_vanilla_encoding_uses_the_original_nerf_bands():
         torch.testing.assert_close(got[:, : 6 * levels], expected, rtol=0, atol=2e-3)  # float32 phases up to ~770
         freqs = 2 * math.pi * 2.0 ** torch.linspace(encoding.min_freq, encoding.max_freq, levels, dtype=torch.float64)
         torch.testing.assert_close(freqs, 2.0 ** torch.arange(levels, dtype=torch.float64))
-    cfg.mlp_original_frequencies = False  # runs trained before: Nerfstudio's 2 pi 2^k bands
+    cfg.field.original_frequencies = False  # runs trained before: Nerfstudio's 2 pi 2^k bands
     old = cfg.setup(scene_box=SceneBox(AABB * 1.5), num_train_data=4, metadata={}, device="cpu")
     assert (old.field.position_encoding.min_freq, old.field.position_encoding.max_freq) == (0.0, 9.0)
 
@@ -350,8 +366,13 @@ def test_occupancy_models_use_every_parameter_in_a_training_step(name):
     from nerfaccel_plugin.ns.models.pipeline import needs_unused_parameter_search
 
     cfg = method_config(name, "cpu").pipeline.model
-    cfg.num_levels, cfg.max_res, cfg.log2_hashmap_size, cfg.grid_resolution = 4, 64, 10, 16
-    cfg.mlp_num_layers, cfg.mlp_layer_width, cfg.appearance_embedding_dim = 4, 32, 4 if name == "nerfaccel-ngp" else 0
+    cfg.sampler.grid_resolution = 16
+    if isinstance(cfg.field, MlpFieldConfig):
+        cfg.field.num_layers, cfg.field.layer_width = 4, 32
+    else:
+        cfg.field.num_levels, cfg.field.max_res, cfg.field.log2_hashmap_size = 4, 64, 10
+    if name == "nerfaccel-ngp":
+        cfg.field.appearance_embedding_dim = 4
     model = cfg.setup(scene_box=SceneBox(AABB), num_train_data=4, metadata={}, device="cpu")
     assert not needs_unused_parameter_search(model)
     model.occupancy_grid.binaries.fill_(True)  # a fresh grid is empty
@@ -364,8 +385,8 @@ def test_occupancy_models_use_every_parameter_in_a_training_step(name):
     assert [k for k, p in trainable.items() if p.grad is None] == []
 
     proposal = method_config("nerfaccel-360", "cpu").pipeline.model
-    proposal.num_levels, proposal.max_res, proposal.log2_hashmap_size = 4, 64, 10
-    proposal.proposal_max_res, proposal.proposal_log2_hashmap_size = (32, 32), 10
+    proposal.field.num_levels, proposal.field.max_res, proposal.field.log2_hashmap_size = 4, 64, 10
+    proposal.sampler.max_res, proposal.sampler.log2_hashmap_size = (32, 32), 10
     assert needs_unused_parameter_search(proposal.setup(scene_box=SceneBox(AABB), num_train_data=4, metadata={}))
 
 
@@ -398,6 +419,33 @@ def test_unsorted_samples_are_caught_in_a_cpu_forward(monkeypatch):
         return samples, ray_indices.flip(0)
 
     monkeypatch.setattr(model.sampler, "forward", unsorted)
-    model.config.eval_march_steps = 0
+    model.config.sampler.eval_march_steps = 0
     with pytest.raises(ValueError, match="ray_indices"):
         model(_ray_bundle(8))
+
+
+@pytest.mark.parametrize("march_steps", [7, 64])
+def test_segmented_eval_march_equals_one_march(march_steps):
+    """ns/models/eval_march.py: marching in segments composites the same samples as one march (no early stop).
+
+    (With 1-step segments one ray of 32 got one sample fewer or more than the single march, out of ~580: a
+    segment boundary that rounds onto a lattice point.)"""
+    model = _small_model("torch", eval_march_steps=march_steps)
+    model.occupancy_grid.binaries.fill_(True)
+    model.sampler.early_stop_eps = 0.0  # composite every sample, as the full render does
+    torch.manual_seed(4)
+    for p in model.field.parameters():  # a field dense enough that the rays gather real opacity
+        p.data.normal_(0.0, 0.5)
+    bundle = _ray_bundle(32)
+    background = torch.rand(32, 3)
+    with torch.no_grad():
+        segmented = model._render_occupancy_eval(bundle, background)
+        model.config.sampler.eval_march_steps = 0
+        full = model.get_outputs(bundle)  # eval mode, eval_march_steps 0: every sample at once
+    full_rgb = full["rgb"] - torch.tensor([1.0, 1.0, 1.0]) * (1.0 - full["accumulation"])  # white eval background
+    seg_rgb = segmented["rgb"] - background * (1.0 - segmented["accumulation"])
+    assert bool((full["num_samples_per_ray"] > 0).any())
+    assert float(full["accumulation"].max()) > 0.05
+    torch.testing.assert_close(segmented["num_samples_per_ray"], full["num_samples_per_ray"])
+    torch.testing.assert_close(segmented["accumulation"], full["accumulation"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(seg_rgb, full_rgb, rtol=1e-4, atol=1e-5)

@@ -99,8 +99,8 @@ def test_nerfstudio_launcher_ddp_keeps_grids_equal(tmp_path: Path, monkeypatch: 
     cfg.pipeline.target_num_samples = 2048
     cfg.pipeline.min_rays_per_batch, cfg.pipeline.max_rays_per_batch = 32, 128
     m = cfg.pipeline.model
-    m.num_levels, m.max_res, m.log2_hashmap_size, m.grid_resolution = 4, 64, 12, 32
-    m.occ_warmup_steps, m.occ_update_every = 4, 2
+    m.field.num_levels, m.field.max_res, m.field.log2_hashmap_size, m.sampler.grid_resolution = 4, 64, 12, 32
+    m.sampler.warmup_steps, m.sampler.update_every = 4, 2
 
     monkeypatch.setattr(ns_train, "_distributed_worker", _cpu_distributed_worker)
     monkeypatch.setattr(ns_train, "train_loop", _train_loop_and_dump)
@@ -153,10 +153,10 @@ def test_two_process_ddp_with_proposal_networks(tmp_path: Path, monkeypatch: pyt
     cfg.pipeline.target_num_samples = 2048
     cfg.pipeline.min_rays_per_batch, cfg.pipeline.max_rays_per_batch = 32, 128
     m = cfg.pipeline.model
-    m.num_levels, m.max_res, m.log2_hashmap_size = 4, 64, 12
-    m.num_proposal_samples, m.num_samples = (32, 16), 16
-    m.proposal_max_res, m.proposal_log2_hashmap_size = (32, 64), 10
-    m.proposal_near_plane, m.proposal_far_plane = 1.0, 10.0
+    m.field.num_levels, m.field.max_res, m.field.log2_hashmap_size = 4, 64, 12
+    m.sampler.num_proposal_samples, m.sampler.num_samples = (32, 16), 16
+    m.sampler.max_res, m.sampler.log2_hashmap_size = (32, 64), 10
+    m.sampler.near_plane, m.sampler.far_plane = 1.0, 10.0
 
     dump = tmp_path / "dump"
     dump.mkdir()

@@ -26,22 +26,27 @@ BIN = Path(sys.executable).parent
 HAS_FFMPEG = shutil.which("ffmpeg") is not None
 RES, VIEWS = 24, 12
 
-# Tiny model / batch overrides shared by every run (a few seconds per method on 2 cores).
+# Tiny model / batch overrides shared by every run (a few seconds per method on 2 cores); the field and sampler
+# options exist only for the methods built from those parts (HASH_FIELD, OCCUPANCY below).
 TINY = [
     "--vis", "tensorboard",
     "--viewer.quit-on-train-completion", "True",
     "--steps-per-eval-batch", "1000",
     "--steps-per-eval-image", "1000",
-    "--pipeline.model.num-levels", "4",
-    "--pipeline.model.max-res", "64",
-    "--pipeline.model.log2-hashmap-size", "12",
-    "--pipeline.model.grid-resolution", "32",
-    "--pipeline.model.occ-warmup-steps", "8",
-    "--pipeline.model.occ-update-every", "4",
     "--pipeline.model.eval-num-rays-per-chunk", "1024",
     "--pipeline.target-num-samples", "4096",
     "--pipeline.min-rays-per-batch", "64",
     "--pipeline.max-rays-per-batch", "256",
+]  # fmt: skip
+HASH_FIELD = [
+    "--pipeline.model.field.num-levels", "4",
+    "--pipeline.model.field.max-res", "64",
+    "--pipeline.model.field.log2-hashmap-size", "12",
+]  # fmt: skip
+OCCUPANCY = [
+    "--pipeline.model.sampler.grid-resolution", "32",
+    "--pipeline.model.sampler.warmup-steps", "8",
+    "--pipeline.model.sampler.update-every", "4",
 ]  # fmt: skip
 
 
@@ -161,7 +166,7 @@ def resume(config_path: Path, tmp: Path, extra_steps: int):
     trainer.train()
     resumed = sorted(cfg.get_checkpoint_dir().glob("step-*.ckpt"))
     assert resumed and resumed[-1].name == f"step-{saved['step'] + extra_steps:09d}.ckpt"
-    if trainer.pipeline.model.config.sampler == "occupancy":
+    if type(trainer.pipeline.model.config.sampler).__name__ == "OccupancySamplerConfig":
         assert grid, "an occupancy-grid method must checkpoint its grid"
     if grid:  # the grid kept being updated from the resumed state, not from scratch
         after = torch.load(resumed[-1], map_location="cpu")["pipeline"]
@@ -193,7 +198,7 @@ def lego_run(tmp_path_factory, env: dict, scenes: dict) -> tuple[Path, str]:
     tmp = tmp_path_factory.mktemp("lego")
     proc = run(
         "ns-train",
-        ["nerfaccel-lego", *TINY, "--max-num-iterations", "30", "--steps-per-save", "30",
+        ["nerfaccel-lego", *TINY, *HASH_FIELD, *OCCUPANCY, "--max-num-iterations", "30", "--steps-per-save", "30",
          "--output-dir", tmp / "out",
          "nerfaccel-blender-data", "--embedded-resolution", RES, "--embedded-views", VIEWS],
         tmp, env,
@@ -297,33 +302,26 @@ def test_lego_render_interpolate_and_camera_path(tmp_path: Path, scenes: dict, l
 
 
 METHODS = {
-    "nerfaccel-ngp": ("nerfaccel-blender-data", "static", []),
+    "nerfaccel-ngp": ("nerfaccel-blender-data", "static", [*HASH_FIELD, *OCCUPANCY]),
     "nerfaccel-360": (
         "nerfaccel-blender-data",
         "static",
         [
-            "--pipeline.model.num-proposal-samples",
-            "32",
-            "16",
-            "--pipeline.model.num-samples",
-            "16",
-            "--pipeline.model.proposal-max-res",
-            "32",
-            "64",
-            "--pipeline.model.proposal-log2-hashmap-size",
-            "10",
-            "--pipeline.model.proposal-near-plane",
-            "1.0",
-            "--pipeline.model.proposal-far-plane",
-            "10.0",
+            *HASH_FIELD,
+            "--pipeline.model.sampler.num-proposal-samples", "32", "16",
+            "--pipeline.model.sampler.num-samples", "16",
+            "--pipeline.model.sampler.max-res", "32", "64",
+            "--pipeline.model.sampler.log2-hashmap-size", "10",
+            "--pipeline.model.sampler.near-plane", "1.0",
+            "--pipeline.model.sampler.far-plane", "10.0",
         ],
     ),  # fmt: skip
     "nerfaccel-vanilla": (
         "nerfaccel-blender-data",
         "static",
-        ["--pipeline.model.mlp-num-layers", "4", "--pipeline.model.mlp-layer-width", "32"],
+        ["--pipeline.model.field.num-layers", "4", "--pipeline.model.field.layer-width", "32", *OCCUPANCY],
     ),
-    "nerfaccel-dnerf": ("nerfaccel-dnerf-data", "dynamic", []),
+    "nerfaccel-dnerf": ("nerfaccel-dnerf-data", "dynamic", [*HASH_FIELD, *OCCUPANCY]),
 }
 
 

@@ -143,10 +143,10 @@ def test_early_stopping_render_matches_the_full_render(trained) -> None:
     camera = trained.datamanager.eval_dataset.cameras[1:2]
     outputs = {}
     for steps in (0, 16, 64):
-        model.config.eval_march_steps = steps
+        model.config.sampler.eval_march_steps = steps
         with torch.no_grad():
             outputs[steps] = model.get_outputs_for_camera(camera)
-    model.config.eval_march_steps = 64
+    model.config.sampler.eval_march_steps = 64
     full = outputs[0]
     for steps in (16, 64):
         out = outputs[steps]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +19,7 @@ from nerfaccel_plugin.ns.checkpoints import NerfaccelTrainer, check_resume_sourc
 from nerfaccel_plugin.ns.compat import FloatExponentialDecaySchedulerConfig, default_device_type
 from nerfaccel_plugin.ns.datamanager import NerfaccelDataManagerConfig
 from nerfaccel_plugin.ns.models import NerfaccelModelConfig, NerfaccelPipelineConfig
+from nerfaccel_plugin.ns.models.config import HashFieldConfig, OccupancySamplerConfig, TimeHashFieldConfig
 
 ON_GPU = default_device_type() == "cuda"
 """Whether the configs are built for a GPU; without one every method picks the CPU and CPU-sized batches."""
@@ -32,11 +34,12 @@ def apply_cpu_defaults(model: NerfaccelModelConfig) -> None:
     """CPU-sized model defaults: a 64^3 occupancy grid, 256 marching steps across the scene box, a smaller
     hash grid (:data:`CPU_HASH_GRID`) and 4096-ray render chunks. Command-line options still override them."""
     model.eval_num_rays_per_chunk = 4096
-    model.samples_per_diagonal = min(model.samples_per_diagonal, 256)
-    model.grid_resolution = min(model.grid_resolution, 64)
-    if model.field_type in ("hash", "time-hash"):
+    if isinstance(model.sampler, OccupancySamplerConfig):
+        model.sampler.samples_per_diagonal = min(model.sampler.samples_per_diagonal, 256)
+        model.sampler.grid_resolution = min(model.sampler.grid_resolution, 64)
+    if isinstance(model.field, (HashFieldConfig, TimeHashFieldConfig)):
         for key, value in CPU_HASH_GRID.items():
-            setattr(model, key, min(getattr(model, key), value))
+            setattr(model.field, key, min(getattr(model.field, key), value))
 
 
 @dataclass
@@ -114,7 +117,7 @@ def follow_checkpoint_hash_backend(config: TrainerConfig) -> None:
     machine and the checkpoint could not load). A tiny-cuda-nn checkpoint is left to ``auto``, which picks
     tiny-cuda-nn wherever it can run; elsewhere loading explains that it needs it."""
     model = config.pipeline.model
-    if not isinstance(model, NerfaccelModelConfig) or model.hash_implementation != "auto":
+    if not isinstance(model, NerfaccelModelConfig) or getattr(model.field, "hash_implementation", None) != "auto":
         return
     path = checkpoint_to_load(config)
     if path is None:
@@ -128,7 +131,7 @@ def follow_checkpoint_hash_backend(config: TrainerConfig) -> None:
     except Exception:  # noqa: BLE001 - the trainer's own load reports an unreadable checkpoint
         return
     if state_dict_hash_backend(k for k in state if k.startswith("_model.")) == "torch":
-        model.hash_implementation = "torch"
+        model.field.hash_implementation = "torch"
 
 
 if console.running_our_method():  # ns-train nerfaccel-...: upstream noise filtered, no warning shown twice
@@ -226,6 +229,16 @@ def make_trainer_config(
 _BUILDERS: dict[str, Callable[[bool], NerfaccelTrainerConfig]] = {}
 
 
+def registered_methods() -> dict[str, EntryPoint]:
+    """This package's Nerfstudio methods: the ``nerfstudio.method_configs`` entry points whose module is ours
+    (as installed from ``pyproject.toml``), by method name."""
+    return {
+        ep.name: ep
+        for ep in entry_points(group="nerfstudio.method_configs")
+        if ep.value.split(":", 1)[0].startswith("nerfaccel_plugin.")
+    }
+
+
 def method_config(method_name: str, device_type: Literal["cuda", "cpu"] | None = None) -> NerfaccelTrainerConfig:
     """A fresh trainer config of a registered nerfaccel method, with the GPU or the CPU defaults.
 
@@ -233,17 +246,16 @@ def method_config(method_name: str, device_type: Literal["cuda", "cpu"] | None =
     on any machine (e.g. CPU-sized settings for a test on a machine that has a GPU).
 
     Args:
-        method_name: ``"nerfaccel-lego"``, ``"nerfaccel-ngp"``, ``"nerfaccel-360"``, ``"nerfaccel-vanilla"`` or
-            ``"nerfaccel-dnerf"``.
+        method_name: A method registered by this package (:func:`registered_methods`), e.g.
+            ``"nerfaccel-lego"``.
         device_type: ``"cuda"`` for the GPU defaults, ``"cpu"`` for the CPU defaults, ``None`` for this machine's.
 
     Returns:
         A new config; changing it does not touch the registered one.
     """
-    import importlib
-
-    for module in ("lego", "ngp", "unbounded", "vanilla", "dnerf"):  # importing a module registers its builder
-        importlib.import_module(f"nerfaccel_plugin.method_configs.{module}")
+    for name, entry_point in registered_methods().items():  # loading an entry point registers its builder
+        if name not in _BUILDERS:
+            entry_point.load()
 
     if method_name not in _BUILDERS:
         raise ValueError(f"unknown method {method_name!r}; expected one of {sorted(_BUILDERS)}")

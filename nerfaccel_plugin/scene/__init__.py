@@ -5,7 +5,8 @@ The model
     with a door, glazed windows, an overhanging thin grey roof plate, a chimney, a very thin antenna
     and a windmill rotor; a tree, flowers, a thin fence (posts and rails with gaps), a yellow crane
     with a thin boom and hanging hook, and a blue car with wheels. Every brick carries studs where its
-    top is exposed. It is built from 320 boxes and capped cylinders (see :mod:`.model`).
+    top is exposed. It is built from 320 boxes and capped cylinders (:mod:`.content`; exact geometry in
+    :mod:`.geometry`, images in :mod:`.rendering`).
 
 Scale and frame (same as the NeRF-synthetic "lego" scene)
     World units, +z up; one stud pitch is 0.125, a brick is 0.15 tall. The model lies inside
@@ -49,7 +50,7 @@ Use
 
 from .cache import cache_root, ensure_scene, get_scene, scene_name
 from .cameras import CAMERA_ANGLE_X, CAMERA_RADIUS, focal_from_angle, look_at_origin
-from .model import BrickScene, camera_dirs, pixel_rays
+from .rendering import BrickScene, camera_dirs, pixel_rays
 from .writer import SceneSpec, check_complete, generate_scene
 
 __all__ = [

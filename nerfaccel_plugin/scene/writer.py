@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from .cameras import CAMERA_ANGLE_X, circle_positions, focal_from_angle, hemisphere_positions, look_at_origin
-from .model import BrickScene
+from .rendering import BrickScene
 
 FORMAT_VERSION = 1
 MANIFEST = "nerfaccel_scene.json"

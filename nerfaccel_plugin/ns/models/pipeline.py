@@ -53,14 +53,14 @@ def _backend_mismatch_message(trained: str, here: str, choice: str) -> str:
     if choice != "auto":
         text += (
             f" (hash_implementation: {choice} in its config). For ns-eval / ns-viewer / ns-render / ns-export set "
-            "`hash_implementation: auto` under `pipeline: model:` in the run's config.yml; when resuming, pass "
-            f"`--pipeline.model.hash-implementation {trained}` (or auto) to ns-train."
+            "`hash_implementation: auto` under `pipeline: model: field:` in the run's config.yml; when resuming, pass "
+            f"`--pipeline.model.field.hash-implementation {trained}` (or auto) to ns-train."
         )
     else:
         text += "."
     if trained == "tcnn":
         text += " A tiny-cuda-nn checkpoint needs `tinycudann` installed and a CUDA GPU wherever it is loaded."
-    return text + " Train with --pipeline.model.hash-implementation torch for checkpoints that load anywhere."
+    return text + " Train with --pipeline.model.field.hash-implementation torch for checkpoints that load anywhere."
 
 
 @dataclass
