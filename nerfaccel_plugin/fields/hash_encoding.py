@@ -3,10 +3,10 @@
 Nerfstudio's ``HashEncoding`` uses tiny-cuda-nn on a GPU when installed and otherwise a pure-PyTorch path
 that builds eight gathered corner tensors per level. On the CPU that path dominates a training step.
 :class:`NerfaccelHashEncoding` keeps Nerfstudio's module, parameters and checkpoint layout and only
-replaces that PyTorch path, for CPU tensors, with nerfaccel's fused C++ kernel (``cuda/cpu_ops.cpp``,
-math in ``cuda/include/nerfaccel/math.h``): the same hash, corners and trilinear weights, one pass per
-point, OpenMP over points (forward) and over levels (backward, no atomics). It falls back to Nerfstudio's
-code for other devices, when the C++ extension is unavailable, when ``NERFACCEL_BACKEND=torch``, or when
+replaces that PyTorch path, for CPU tensors, with nerfaccel's fused C++ kernel (``cuda/csrc/hash.cpp``,
+``cuda/cpu/hash_cpu.cpp``, math in ``cuda/include/nerfaccel/hash.h``): the same hash, corners and trilinear
+weights, one pass per point, OpenMP over points (forward) and over levels (backward, no atomics). It falls back
+to Nerfstudio's code for other devices, when the C++ extension is unavailable, when ``NERFACCEL_BACKEND=torch``, or when
 ``NERFACCEL_HASH_KERNEL=0``.
 
 Measured on 2 CPU cores (``benchmarks/bench_hash.py``, ``benchmarks/results/hash-cpu.md``).
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 
-import torch
 from jaxtyping import Float
 from nerfstudio.field_components.encodings import HashEncoding
 from torch import Tensor, nn
@@ -31,14 +30,9 @@ def hash_kernel_available() -> bool:
     if os.environ.get(ENV_VAR, "1").strip() == "0":
         return False
     try:
-        choice = _backend._resolve("cpu")
+        return _backend.kernel_for("hash_encode", "cpu") is not None
     except _backend.BackendError:
         return False
-    if choice.backend != "cpp":
-        return False
-    from .._ext import ops  # noqa: F401, PLC0415 - registers torch.ops.nerfaccel.hash_encode
-
-    return True
 
 
 def hash_encode(
@@ -55,7 +49,7 @@ def hash_encode(
     Returns:
         ``(n, levels * F)`` features, level-major like Nerfstudio's ``HashEncoding``.
     """
-    return torch.ops.nerfaccel.hash_encode(x.contiguous(), table.contiguous(), scales.contiguous(), int(table_size))
+    return _backend.op("hash_encode", x.device)(x, table, scales, table_size)
 
 
 class NerfaccelHashEncoding(HashEncoding):
