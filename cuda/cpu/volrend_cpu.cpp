@@ -20,6 +20,67 @@ template <typename T>
 T* mut_or_null(Tensor& t) {
   return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
 }
+// Batched rows (n_rays, s): blocks of kRows rows advance together, sample by sample, so their running sums (double)
+// form independent dependence chains instead of one long chain per ray; then one vectorised exponential pass over
+// the block. The same operations in the same order per ray as render_density_fwd_ray / _bwd_ray.
+constexpr int64_t kRows = 8;
+
+template <typename T>
+void density_fwd_rows(const T* t0, const T* t1, const T* sg, T* a, T* w, T* tr, int64_t r0, int64_t nr, int64_t s) {
+  acc_t<T> acc[kRows] = {};
+  for (int64_t j = 0; j < s; ++j) {
+    for (int64_t k = 0; k < nr; ++k) {
+      const int64_t i = (r0 + k) * s + j;
+      const T tau = density_tau(t0[i], t1[i], sg[i]);
+      a[i] = tau;
+      tr[i] = static_cast<T>(acc[k]);
+      acc[k] += tau;
+    }
+  }
+  const int64_t lo = r0 * s, hi = (r0 + nr) * s;
+  NA_SIMD
+  for (int64_t i = lo; i < hi; ++i) {
+    const T al = alpha_from_tau(a[i]);
+    const T t = na_exp(-tr[i]);
+    a[i] = al;
+    tr[i] = t;
+    w[i] = t * al;
+  }
+}
+
+template <typename T>
+void density_bwd_rows(const T* gw, const T* gt, const T* ga, const T* t0, const T* t1, const T* sigma, const T* trans,
+                      const T* alpha, T* g_t0, T* g_t1, T* g_sigma, int64_t r0, int64_t nr, int64_t s) {
+  using A = acc_t<T>;
+  const int64_t lo = r0 * s, hi = (r0 + nr) * s;
+  NA_SIMD
+  for (int64_t i = lo; i < hi; ++i) g_sigma[i] = na_exp(-density_tau(t0[i], t1[i], sigma[i]));
+  A suffix[kRows] = {};
+  for (int64_t j = s - 1; j >= 0; --j) {
+    for (int64_t k = 0; k < nr; ++k) {
+      const int64_t i = (r0 + k) * s + j;
+      const T dt = t1[i] - t0[i];
+      const T g_w = cot(gw, i);
+      const T dtau = static_cast<T>((A(cot(ga, i)) + A(g_w) * A(trans[i])) * A(g_sigma[i]) - suffix[k]);
+      suffix[k] += (A(cot(gt, i)) + A(g_w) * A(alpha[i])) * A(trans[i]);
+      g_sigma[i] = dtau * dt;
+      if (g_t0 != nullptr) {
+        g_t0[i] = -dtau * sigma[i];
+        g_t1[i] = dtau * sigma[i];
+      }
+    }
+  }
+}
+
+// Calls fn(first_row, n_rows) for blocks of kRows rows of a batched layout, in parallel.
+template <typename F>
+void parallel_row_blocks(const Chunks& chunks, F fn) {
+  const int64_t n_blocks = (chunks.rows + kRows - 1) / kRows;
+  parallel_blocks(n_blocks, chunks.rows * chunks.stride > kParallelGrain, [&](int64_t b) {
+    fn(b * kRows, std::min(kRows, chunks.rows - b * kRows));
+  });
+}
+
 }  // namespace
 
 void density_fwd_launch(const Tensor& t_starts, const Tensor& t_ends, const Tensor& sigmas, const Chunks& chunks,
@@ -34,6 +95,12 @@ void density_fwd_launch(const Tensor& t_starts, const Tensor& t_ends, const Tens
     // Samples outside every chunk still get their alpha.
     if (!covers_all) {
       parallel_elems(sigmas.numel(), [&](int64_t i) { a[i] = density_alpha(t0[i], t1[i], sg[i]); });
+    }
+    if (chunks.packed == nullptr) {
+      parallel_row_blocks(chunks, [&](int64_t r0, int64_t nr) {
+        density_fwd_rows(t0, t1, sg, a, w, tr, r0, nr, chunks.stride);
+      });
+      return;
     }
     parallel_rays(chunks.rows, [&](int64_t r) {
       render_density_fwd_ray(t0, t1, sg, a, w, tr, chunks.start(r), chunks.count(r));
@@ -59,6 +126,12 @@ void density_bwd_launch(const Tensor& g_w, const Tensor& g_trans, const Tensor& 
     // Elements outside every chunk only feed the alpha output; chunk elements are overwritten below.
     if (!covers_all) {
       parallel_elems(sigmas.numel(), [&](int64_t i) { render_density_bwd_elem(ga, t0, t1, sg, o0, o1, os, i); });
+    }
+    if (chunks.packed == nullptr) {
+      parallel_row_blocks(chunks, [&](int64_t r0, int64_t nr) {
+        density_bwd_rows(gw, gt, ga, t0, t1, sg, tr, a, o0, o1, os, r0, nr, chunks.stride);
+      });
+      return;
     }
     parallel_rays(chunks.rows, [&](int64_t r) {
       render_density_bwd_ray(gw, gt, ga, t0, t1, sg, tr, a, o0, o1, os, chunks.start(r), chunks.count(r));
