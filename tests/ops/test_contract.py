@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import close, compare_fwd_bwd
+from ops_helpers import close, compare_fwd_bwd
 
 from nerfaccel_plugin import _torch_impl as R
 

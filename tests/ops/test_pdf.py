@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import close, packed
+from ops_helpers import close, packed
 
 from nerfaccel_plugin import _torch_impl as R
 

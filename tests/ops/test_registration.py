@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import close, packed
+from ops_helpers import close, packed
 
 import nerfaccel_plugin as nacc
 from nerfaccel_plugin import _backend, _ops, _torch_impl

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import LAYOUTS, compare_fwd_bwd, device_of, layout, ref_dtype
+from ops_helpers import LAYOUTS, compare_fwd_bwd, device_of, layout, ref_dtype
 
 import nerfaccel_plugin as nacc
 from nerfaccel_plugin import _torch_impl as R

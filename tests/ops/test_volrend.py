@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import LAYOUTS, close, compare_fwd_bwd, device_of, layout, packed, ref_dtype
+from ops_helpers import LAYOUTS, close, compare_fwd_bwd, device_of, layout, packed, ref_dtype
 
 import nerfaccel_plugin as nacc
 from nerfaccel_plugin import _torch_impl as R

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import close
+from ops_helpers import close
 
 from nerfaccel_plugin import _torch_impl as R
 
