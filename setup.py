@@ -29,6 +29,9 @@ packages = find_packages(include=["nerfaccel_plugin", "nerfaccel_plugin.*"])
 packages += [
     "nerfaccel_plugin.method_configs",
     "nerfaccel_plugin.csrc",
+    "nerfaccel_plugin.csrc.csrc",
+    "nerfaccel_plugin.csrc.cpu",
+    "nerfaccel_plugin.csrc.gpu",
     "nerfaccel_plugin.csrc.include",
     "nerfaccel_plugin.csrc.include.nerfaccel",
 ]
@@ -97,11 +100,17 @@ setup(
         "nerfaccel_plugin": "nerfaccel_plugin",
         "nerfaccel_plugin.method_configs": "method_configs",
         "nerfaccel_plugin.csrc": "cuda",
+        "nerfaccel_plugin.csrc.csrc": "cuda/csrc",
+        "nerfaccel_plugin.csrc.cpu": "cuda/cpu",
+        "nerfaccel_plugin.csrc.gpu": "cuda/gpu",
         "nerfaccel_plugin.csrc.include": "cuda/include",
         "nerfaccel_plugin.csrc.include.nerfaccel": "cuda/include/nerfaccel",
     },
     package_data={
         "nerfaccel_plugin.csrc": ["*.h", "*.cuh", "*.cpp", "*.cu", "*.hpp"],
+        "nerfaccel_plugin.csrc.csrc": ["*.cpp"],
+        "nerfaccel_plugin.csrc.cpu": ["*.h", "*.cpp"],
+        "nerfaccel_plugin.csrc.gpu": ["*.cuh", "*.cu"],
         "nerfaccel_plugin.csrc.include.nerfaccel": ["*.h", "*.cuh", "*.hpp"],
     },
     include_package_data=True,

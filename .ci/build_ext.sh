@@ -24,7 +24,7 @@ python -m nerfaccel_plugin._ext.cli --cpu --import --quiet "${FORCE[@]}"
 cpu_s=$(( $(date +%s) - t ))
 
 stamp "CPU extension: tests against the PyTorch reference"
-NERFACCEL_REQUIRE_EXT=1 python -m pytest -q -p no:cacheprovider tests/test_ext.py tests/test_ext_build.py
+NERFACCEL_REQUIRE_EXT=1 python -m pytest -q -p no:cacheprovider tests/ops tests/test_ext.py tests/test_ext_build.py
 
 cuda_s=skipped
 if python -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)"; then

@@ -1,8 +1,7 @@
-// Python bindings of the extension entry points (the same file for the CPU and CUDA builds).
-// The ops are registered with torch.library in nerfaccel_plugin/_ext/ops.py.
+// Build metadata of an extension (the same file for the CPU and CUDA builds). No ops here: their schemas are
+// defined in nerfaccel_plugin/_ops.py, and each op family registers its kernels for the build's device with
+// TORCH_LIBRARY_IMPL in cuda/csrc/<family>.cpp when this module is loaded.
 #include <torch/extension.h>
-
-#include "nerfaccel/ops.h"
 
 #ifndef TORCH_EXTENSION_NAME
 #define TORCH_EXTENSION_NAME nerfaccel_ext
@@ -17,7 +16,6 @@
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  namespace na = nerfaccel;
 #ifdef NERFACCEL_WITH_CUDA
   m.attr("device_type") = "cuda";
 #ifdef NERFACCEL_CUDA_ARCH
@@ -27,25 +25,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("device_type") = "cpu";
 #endif
   m.attr("source_hash") = NA_SOURCE_HASH;
-  m.def("ray_aabb_intersect", &na::ray_aabb_intersect);
-  m.def("traverse_grids", &na::traverse_grids);
-  m.def("scan_fwd", &na::scan_fwd);
-  m.def("scan_bwd", &na::scan_bwd);
-  m.def("render_density_fwd", &na::render_density_fwd);
-  m.def("render_density_bwd", &na::render_density_bwd);
-  m.def("render_alpha_fwd", &na::render_alpha_fwd);
-  m.def("render_alpha_bwd", &na::render_alpha_bwd);
-  m.def("accumulate_fwd", &na::accumulate_fwd);
-  m.def("accumulate_bwd", &na::accumulate_bwd);
-  m.def("searchsorted", &na::searchsorted);
-  m.def("importance_sampling", &na::importance_sampling);
-  m.def("contract_fwd", &na::contract_fwd);
-  m.def("contract_bwd", &na::contract_bwd);
-  m.def("grid_ema_update", &na::grid_ema_update);
-#ifndef NERFACCEL_WITH_CUDA
-  m.def("hash_encode_fwd", &na::hash_encode_fwd);  // CPU build only (CUDA uses tiny-cuda-nn or torch)
-  m.def("hash_encode_bwd", &na::hash_encode_bwd);
-  m.def("render_density_fwd_fused", &na::render_density_fwd_fused);  // the CUDA per-ray loops, for tests
-  m.def("render_density_bwd_fused", &na::render_density_bwd_fused);
-#endif
 }

@@ -13,6 +13,8 @@ Conventions shared by all primitives:
 * ``packed_info`` is an int64 tensor ``[n_rays, 2]`` holding ``(start, count)`` of each ray's chunk
   in a flat tensor of samples. Chunks must not overlap. Elements that belong to no chunk produce 0
   in every output (zero transmittance, zero weight, zero scan value).
+* The scans and the rendering primitives also take ``packed_info=None``: the inputs are then batched
+  ``(n_rays, n)`` tensors, each row one ray (the layout the kernels read without building a packed_info).
 * Float inputs may be float32 or float64; all arithmetic happens in the input dtype (the public
   wrappers upcast float16/bfloat16 to float32 before calling a primitive).
 * Differentiable primitives are differentiable through ordinary autograd here; the kernels register
@@ -113,27 +115,56 @@ def _covered_mask(packed_info: Tensor, n: int) -> Tensor | None:
 # ---------------------------------------------------------------------------------------------
 # Scans
 # ---------------------------------------------------------------------------------------------
-def _inclusive_sum(inputs: Float[Tensor, " n"], packed_info: Int[Tensor, "n_rays 2"]) -> Float[Tensor, " n"]:
+def _batched_scan(inputs: Tensor, op: str, exclusive: bool) -> Tensor:
+    """Scan of a batched ``(..., n)`` tensor along its last dimension (division-free products)."""
+    if exclusive:
+        identity = torch.zeros_like(inputs[..., :1]) if op == "sum" else torch.ones_like(inputs[..., :1])
+        inputs = torch.cat([identity, inputs[..., :-1]], dim=-1)
+    return torch.cumsum(inputs, dim=-1) if op == "sum" else torch.cumprod(inputs, dim=-1)
+
+
+def _scan(inputs: Tensor, packed_info: Tensor | None, op: str, exclusive: bool) -> Tensor:
+    if packed_info is None:
+        return _batched_scan(inputs, op, exclusive)
+    return _packed_scan(inputs, packed_info, op, exclusive)
+
+
+def _inclusive_sum(
+    inputs: Float[Tensor, " n"] | Float[Tensor, "n_rays s"], packed_info: Int[Tensor, "n_rays 2"] | None
+) -> Float[Tensor, "..."]:
     """Per-chunk inclusive cumulative sum: ``out[i] = sum(inputs[start .. i])``."""
-    return _packed_scan(inputs, packed_info, "sum", exclusive=False)
+    return _scan(inputs, packed_info, "sum", exclusive=False)
 
 
-def _exclusive_sum(inputs: Float[Tensor, " n"], packed_info: Int[Tensor, "n_rays 2"]) -> Float[Tensor, " n"]:
+def _exclusive_sum(
+    inputs: Float[Tensor, " n"] | Float[Tensor, "n_rays s"], packed_info: Int[Tensor, "n_rays 2"] | None
+) -> Float[Tensor, "..."]:
     """Per-chunk exclusive cumulative sum: ``out[i] = sum(inputs[start .. i-1])`` (0 for the first)."""
-    return _packed_scan(inputs, packed_info, "sum", exclusive=True)
+    return _scan(inputs, packed_info, "sum", exclusive=True)
 
 
-def _inclusive_prod(inputs: Float[Tensor, " n"], packed_info: Int[Tensor, "n_rays 2"]) -> Float[Tensor, " n"]:
+def _inclusive_prod(
+    inputs: Float[Tensor, " n"] | Float[Tensor, "n_rays s"], packed_info: Int[Tensor, "n_rays 2"] | None
+) -> Float[Tensor, "..."]:
     """Per-chunk inclusive cumulative product: ``out[i] = prod(inputs[start .. i])``."""
-    return _packed_scan(inputs, packed_info, "prod", exclusive=False)
+    return _scan(inputs, packed_info, "prod", exclusive=False)
 
 
-def _exclusive_prod(inputs: Float[Tensor, " n"], packed_info: Int[Tensor, "n_rays 2"]) -> Float[Tensor, " n"]:
+def _exclusive_prod(
+    inputs: Float[Tensor, " n"] | Float[Tensor, "n_rays s"], packed_info: Int[Tensor, "n_rays 2"] | None
+) -> Float[Tensor, "..."]:
     """Per-chunk exclusive cumulative product: ``out[i] = prod(inputs[start .. i-1])`` (1 for the first).
 
     The gradient is exact when inputs contain zeros (nerfacc 0.5's kernel divides by the input there).
     """
-    return _packed_scan(inputs, packed_info, "prod", exclusive=True)
+    return _scan(inputs, packed_info, "prod", exclusive=True)
+
+
+def _rows_packed_info(x: Tensor) -> Tensor:
+    """``packed_info`` of a batched ``(n_rays, n)`` tensor's rows in its flattened form."""
+    r, s = x.shape
+    starts = torch.arange(r, device=x.device, dtype=torch.long) * s
+    return torch.stack([starts, torch.full_like(starts, s)], dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,7 +174,7 @@ def _render_weight_from_density(
     t_starts: Float[Tensor, " n"],
     t_ends: Float[Tensor, " n"],
     sigmas: Float[Tensor, " n"],
-    packed_info: Int[Tensor, "n_rays 2"],
+    packed_info: Int[Tensor, "n_rays 2"] | None,
 ) -> tuple[Float[Tensor, " n"], Float[Tensor, " n"], Float[Tensor, " n"]]:
     """Weights, transmittance and opacity from densities.
 
@@ -151,8 +182,13 @@ def _render_weight_from_density(
     ``T_i = exp(-sum_{j<i} tau_j)`` within the ray, ``w_i = T_i * alpha_i``.
 
     Returns:
-        ``(weights, trans, alphas)``. Samples outside every chunk get ``trans = weights = 0``.
+        ``(weights, trans, alphas)``. Samples outside every chunk get ``trans = weights = 0``. With
+        ``packed_info=None`` the inputs are batched ``(n_rays, n)`` and so are the outputs.
     """
+    if packed_info is None:
+        flat = [x.reshape(-1) for x in (t_starts, t_ends, sigmas)]
+        outs = _render_weight_from_density(*flat, _rows_packed_info(sigmas))
+        return tuple(o.reshape(sigmas.shape) for o in outs)
     sigmas_dt = sigmas * (t_ends - t_starts)
     alphas = 1.0 - torch.exp(-sigmas_dt)
     trans = torch.exp(-_exclusive_sum(sigmas_dt, packed_info))
@@ -164,12 +200,13 @@ def _render_weight_from_density(
 
 
 def _render_weight_from_alpha(
-    alphas: Float[Tensor, " n"], packed_info: Int[Tensor, "n_rays 2"]
+    alphas: Float[Tensor, " n"], packed_info: Int[Tensor, "n_rays 2"] | None
 ) -> tuple[Float[Tensor, " n"], Float[Tensor, " n"]]:
     """Weights and transmittance from opacities: ``T_i = prod_{j<i}(1 - alpha_j)``, ``w_i = T_i * alpha_i``.
 
     Returns:
-        ``(weights, trans)``. Samples outside every chunk get ``trans = weights = 0``.
+        ``(weights, trans)``. Samples outside every chunk get ``trans = weights = 0``. With ``packed_info=None``
+        the inputs are batched ``(n_rays, n)`` and so are the outputs.
     """
     trans = _exclusive_prod(1.0 - alphas, packed_info)
     weights = trans * alphas

@@ -17,7 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from . import _validation as check
-from ._backend import get_op
+from ._backend import op as dispatch
 
 _ORDS = {"l2": "l2", "2": "l2", "linf": "linf", "inf": "linf"}
 
@@ -62,7 +62,7 @@ def contract(
     dtype = check.compute_dtype(x)
     box = _aabb(aabb, x).to(dtype)
     flat = x.reshape(-1, 3).to(dtype).contiguous()
-    return get_op("_contract", x.device)(flat, box.contiguous(), ord_).reshape(x.shape[:-1] + (3,))
+    return dispatch("contract", x.device)(flat, box.contiguous(), ord_).reshape(x.shape[:-1] + (3,))
 
 
 def uncontract(
@@ -84,4 +84,4 @@ def uncontract(
     dtype = check.compute_dtype(y)
     box = _aabb(aabb, y).to(dtype)
     flat = y.reshape(-1, 3).to(dtype).contiguous()
-    return get_op("_uncontract", y.device)(flat, box.contiguous(), ord_).reshape(y.shape[:-1] + (3,))
+    return dispatch("uncontract", y.device)(flat, box.contiguous(), ord_).reshape(y.shape[:-1] + (3,))

@@ -10,7 +10,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from . import _validation as check
-from ._backend import get_op
+from ._backend import op as dispatch
 from .data_specs import RayIntervals, RaySamples
 
 
@@ -41,7 +41,7 @@ def ray_aabb_intersect(
     aabbs = check.aabbs("aabbs", aabbs)
     check.same_device(rays_o=rays_o, rays_d=rays_d, aabbs=aabbs)
     dtype = check.compute_dtype(rays_o)
-    return get_op("_ray_aabb_intersect", rays_o.device)(
+    return dispatch("ray_aabb_intersect", rays_o.device)(
         rays_o.to(dtype).contiguous(),
         rays_d.to(dtype).contiguous(),
         aabbs.to(dtype).contiguous(),
@@ -143,7 +143,7 @@ def traverse_grids_samples(
         check.same_device(rays_o=rays_o, **{name: planes})
         check.not_nan(name, planes)
     check.finite("near_planes", near_planes)
-    return get_op("_traverse_grids", rays_o.device)(
+    return dispatch("traverse_grids", rays_o.device)(
         rays_o.to(dtype).contiguous(),
         rays_d.to(dtype).contiguous(),
         binaries.contiguous(),

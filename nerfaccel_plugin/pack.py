@@ -8,7 +8,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from . import _backend
+from . import _layout
 from . import _validation as check
 
 
@@ -47,7 +47,7 @@ def pack_info(ray_indices: Int[Tensor, " n_samples"], n_rays: Optional[int] = No
     starts = torch.cumsum(counts, 0) - counts
     packed_info = torch.stack([starts, counts], dim=-1)
     if tiles:
-        _backend.mark_covering(packed_info, ray_indices.shape[0])
+        _layout.mark_covering(packed_info, ray_indices.shape[0])
     return packed_info
 
 

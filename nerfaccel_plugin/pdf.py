@@ -10,7 +10,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from . import _validation as check
-from ._backend import get_op
+from ._backend import op as dispatch
 from .data_specs import RayIntervals, RaySamples
 from .pack import pack_info
 
@@ -97,7 +97,7 @@ def searchsorted(
             "the same rays."
         )
     dtype = torch.promote_types(check.compute_dtype(s_vals), check.compute_dtype(q_vals))
-    left, right = get_op("_searchsorted", s_vals.device)(
+    left, right = dispatch("searchsorted", s_vals.device)(
         s_vals.to(dtype).contiguous(), s_info, q_vals.to(dtype).contiguous(), q_info
     )
     if q_batched and q_vals.numel() > 0:
@@ -173,7 +173,7 @@ def importance_sampling(
         if stratified
         else torch.full((n_rays,), 0.5, device=device, dtype=dtype)
     )
-    samples, s_info, edges, e_info = get_op("_importance_sampling", device)(
+    samples, s_info, edges, e_info = dispatch("importance_sampling", device)(
         vals.to(dtype).contiguous(), cdfs.reshape(-1).to(dtype).contiguous(), info, n_per_ray, bias
     )
     if batched_n is not None:

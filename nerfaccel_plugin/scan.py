@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
-import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from . import _validation as check
-from ._backend import get_op
+from ._backend import op as dispatch
 
 
 def _packed(
@@ -38,9 +38,15 @@ def _packed(
     return inputs, packed_info
 
 
-def _run(op: str, inputs: Tensor, packed_info: Tensor) -> Tensor:
+def _run(name: str, inputs: Tensor, packed_info: Optional[Tensor]) -> Tensor:
+    """Runs scan ``name`` on flat inputs with ``packed_info``, or along the last dimension of batched inputs."""
     dtype = check.compute_dtype(inputs)
-    return get_op(op, inputs.device)(inputs.to(dtype).contiguous(), packed_info.contiguous())
+    if packed_info is not None:
+        return dispatch(name, inputs.device)(inputs.to(dtype).contiguous(), packed_info.contiguous())
+    if inputs.dim() == 0:
+        return dispatch(name, inputs.device)(inputs.to(dtype).reshape(1, 1), None).reshape(())
+    rows = inputs.to(dtype).reshape(math.prod(inputs.shape[:-1]), inputs.shape[-1])  # (n_rays, n), no packed_info
+    return dispatch(name, inputs.device)(rows.contiguous(), None).reshape(inputs.shape)
 
 
 def inclusive_sum(
@@ -65,9 +71,7 @@ def inclusive_sum(
         tensor([ 1.,  3.,  3.,  7., 12.,  6., 13., 21., 30.])
     """
     inputs, packed_info = _packed("inclusive_sum", inputs, packed_info, indices)
-    if packed_info is None:
-        return torch.cumsum(inputs, dim=-1)
-    return _run("_inclusive_sum", inputs, packed_info)
+    return _run("inclusive_sum", inputs, packed_info)
 
 
 def exclusive_sum(
@@ -93,9 +97,7 @@ def exclusive_sum(
         tensor([ 0.,  1.,  0.,  3.,  7.,  0.,  6., 13., 21.])
     """
     inputs, packed_info = _packed("exclusive_sum", inputs, packed_info, indices)
-    if packed_info is None:
-        return torch.cumsum(torch.cat([torch.zeros_like(inputs[..., :1]), inputs[..., :-1]], dim=-1), dim=-1)
-    return _run("_exclusive_sum", inputs, packed_info)
+    return _run("exclusive_sum", inputs, packed_info)
 
 
 def inclusive_prod(
@@ -120,9 +122,7 @@ def inclusive_prod(
         tensor([1., 2., 3., 12., 60., 6., 42., 336., 3024.])
     """
     inputs, packed_info = _packed("inclusive_prod", inputs, packed_info, indices)
-    if packed_info is None:
-        return torch.cumprod(inputs, dim=-1)
-    return _run("_inclusive_prod", inputs, packed_info)
+    return _run("inclusive_prod", inputs, packed_info)
 
 
 def exclusive_prod(
@@ -151,6 +151,4 @@ def exclusive_prod(
         tensor([1., 1., 1., 3., 12., 1., 6., 42., 336.])
     """
     inputs, packed_info = _packed("exclusive_prod", inputs, packed_info, indices)
-    if packed_info is None:
-        return torch.cumprod(torch.cat([torch.ones_like(inputs[..., :1]), inputs[..., :-1]], dim=-1), dim=-1)
-    return _run("_exclusive_prod", inputs, packed_info)
+    return _run("exclusive_prod", inputs, packed_info)

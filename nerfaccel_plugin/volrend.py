@@ -17,9 +17,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from . import _backend
 from . import _validation as check
-from ._backend import get_op
+from ._backend import op as dispatch
 from .pack import pack_info
 
 
@@ -29,12 +28,12 @@ def _layout(
     packed_info: Optional[Tensor],
     ray_indices: Optional[Tensor],
     n_rays: Optional[int],
-) -> tuple[Tensor, Optional[torch.Size]]:
-    """Returns ``(packed_info, batched_shape or None)`` describing the sample layout of ``ref``.
+) -> tuple[Optional[Tensor], Optional[torch.Size]]:
+    """Returns ``(packed_info, batched_shape)`` describing the sample layout of ``ref``.
 
     Without ``packed_info`` and ``ray_indices`` the samples are batched ``(..., n_samples)`` (any number of
-    leading dimensions, as in nerfacc: a 1-D tensor is one ray); each row of the flattened leading dimensions
-    becomes one chunk of the flat tensor.
+    leading dimensions, as in nerfacc: a 1-D tensor is one ray): ``(None, ref.shape)``, and the ops get the rows
+    ``(n_rays, n_samples)`` without a packed_info. Otherwise ``(packed_info, None)`` for flat samples.
     """
     if packed_info is None and ray_indices is None:
         if ref.dim() == 0:
@@ -42,11 +41,7 @@ def _layout(
                 f"`{ref_name}` must be batched with shape (..., n_samples), or flattened (all_samples,) together "
                 "with `packed_info` or `ray_indices`; got a 0-d tensor."
             )
-        s = ref.shape[-1]
-        r = math.prod(ref.shape[:-1])
-        starts = torch.arange(r, device=ref.device, dtype=torch.long) * s
-        counts = torch.full((r,), s, device=ref.device, dtype=torch.long)
-        return _backend.mark_covering(torch.stack([starts, counts], dim=-1), r * s), ref.shape
+        return None, ref.shape
     if ref.dim() != 1:
         raise ValueError(
             f"`{ref_name}` must be flattened with shape (all_samples,) when `packed_info` or `ray_indices` is "
@@ -62,7 +57,10 @@ def _layout(
     return packed_info, None
 
 
-def _flat(x: Tensor, dtype: torch.dtype) -> Tensor:
+def _flat(x: Tensor, dtype: torch.dtype, batched: Optional[torch.Size] = None) -> Tensor:
+    """Flat ``(all_samples,)`` samples, or the rows ``(n_rays, n_samples)`` of batched ones."""
+    if batched is not None:
+        return x.to(dtype).reshape(math.prod(batched[:-1]), batched[-1]).contiguous()
     return x.reshape(-1).to(dtype).contiguous()
 
 
@@ -153,7 +151,7 @@ def render_weight_from_alpha(
     alphas = check.floating("alphas", alphas)
     packed_info, batched = _layout("alphas", alphas, packed_info, ray_indices, n_rays)
     dtype = check.compute_dtype(alphas)
-    weights, trans = get_op("_render_weight_from_alpha", alphas.device)(_flat(alphas, dtype), packed_info)
+    weights, trans = dispatch("render_weight_from_alpha", alphas.device)(_flat(alphas, dtype, batched), packed_info)
     if batched is not None:
         weights, trans = weights.reshape(batched), trans.reshape(batched)
     if prefix_trans is not None:
@@ -205,8 +203,8 @@ def render_weight_from_density(
     check.same_device(t_starts=t_starts, t_ends=t_ends, sigmas=sigmas)
     packed_info, batched = _layout("sigmas", sigmas, packed_info, ray_indices, n_rays)
     dtype = check.compute_dtype(sigmas)
-    weights, trans, alphas = get_op("_render_weight_from_density", sigmas.device)(
-        _flat(t_starts, dtype), _flat(t_ends, dtype), _flat(sigmas, dtype), packed_info
+    weights, trans, alphas = dispatch("render_weight_from_density", sigmas.device)(
+        _flat(t_starts, dtype, batched), _flat(t_ends, dtype, batched), _flat(sigmas, dtype, batched), packed_info
     )
     if batched is not None:
         weights, trans, alphas = weights.reshape(batched), trans.reshape(batched), alphas.reshape(batched)
@@ -339,7 +337,7 @@ def accumulate_along_rays(
     if values is not None and values.dtype != weights.dtype:
         dtype = torch.promote_types(dtype, check.compute_dtype(values))
     vals = None if values is None else values.to(dtype).contiguous()
-    return get_op("_accumulate_along_rays", weights.device)(
+    return dispatch("accumulate_along_rays", weights.device)(
         weights.to(dtype).contiguous(), vals, ray_indices, int(n_rays)
     )
 

@@ -60,19 +60,15 @@ def test_meta_and_other_devices_use_the_reference(reset_backend, monkeypatch):
 
 
 def test_partial_extension_falls_back_per_op(monkeypatch, reset_backend):
-    class Partial:
-        available_ops = {"_inclusive_sum"}
+    from nerfaccel_plugin import _ops
 
-        @staticmethod
-        def _inclusive_sum(inputs, packed_info):
-            return inputs * 0 + 42
-
-    monkeypatch.setattr(_backend, "_load_extension", lambda kind: (Partial, Partial.available_ops))
+    monkeypatch.setattr(_backend, "_load_extension", lambda kind: None)
+    monkeypatch.setattr(_backend, "_has_kernel", lambda op, device_type: op == "scan_fwd")
     monkeypatch.delenv("NERFACCEL_BACKEND", raising=False)
-    monkeypatch.setenv("NERFACCEL_SELFTEST", "0")  # the fake kernel is wrong on purpose; the self-test would drop it
-    assert _backend.get_op("_inclusive_sum", "cpu") is Partial._inclusive_sum
-    assert _backend.get_op("_exclusive_sum", "cpu") is _torch_impl._exclusive_sum
-    assert nacc.backend_info()["cpu"]["ops"].startswith("1/")
+    monkeypatch.setenv("NERFACCEL_SELFTEST", "0")  # no real kernels behind the fake registration to test
+    assert _backend.get_op("_inclusive_sum", "cpu") is _ops._inclusive_sum
+    assert _backend.get_op("_render_weight_from_alpha", "cpu") is _torch_impl._render_weight_from_alpha
+    assert nacc.backend_info()["cpu"]["ops"].startswith("4/")  # the four scans share scan_fwd
 
 
 def test_public_api_matches_nerfacc_names():

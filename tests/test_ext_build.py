@@ -81,12 +81,17 @@ def test_cache_root_respects_env(monkeypatch, tmp_path):
 def test_cache_key_tracks_sources_and_arch(tmp_path):
     src = tmp_path / "src"
     (src / "include" / "nerfaccel").mkdir(parents=True)
-    for name in ["bindings.cpp", "cpu_ops.cpp", "cuda_ops.cu", "include/nerfaccel/math.h"]:
+    for name in ["bindings.cpp", "csrc/grid.cpp", "cpu/grid_cpu.cpp", "gpu/grid.cu", "include/nerfaccel/grid.h"]:
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
         (src / name).write_text("// v1\n")
     key = build.cache_key("cpp", root=src)
     assert key == build.cache_key("cpp", root=src)
-    (src / "include" / "nerfaccel" / "math.h").write_text("// v2\n")
+    (src / "include" / "nerfaccel" / "grid.h").write_text("// v2\n")
     assert build.cache_key("cpp", root=src) != key
+    (src / "cpu" / "grid_cpu.cpp").write_text("// v2\n")
+    assert build.cache_key("cpp", root=src) != key
+    assert build.sources("cpp", src) == [src / "bindings.cpp", src / "csrc" / "grid.cpp", src / "cpu" / "grid_cpu.cpp"]
+    assert build.sources("cuda", src) == [src / "bindings.cpp", src / "csrc" / "grid.cpp", src / "gpu" / "grid.cu"]
     assert build.cache_key("cuda", root=src, arch="8.6") != build.cache_key("cuda", root=src, arch="9.0")
 
 
@@ -288,7 +293,8 @@ def test_failed_build_warns_once_and_raises(monkeypatch, isolated_build):
     src = isolated_build / "broken"
     (src / "include").mkdir(parents=True)
     (src / "bindings.cpp").write_text("#error nerfaccel-test-broken-source\n")
-    (src / "cpu_ops.cpp").write_text("#error nerfaccel-test-broken-source\n")
+    (src / "csrc").mkdir()
+    (src / "csrc" / "grid.cpp").write_text("#error nerfaccel-test-broken-source\n")
     monkeypatch.setattr(build, "source_dir", lambda: src)
     monkeypatch.setattr(build, "_prebuilt", lambda kind: None)
     with pytest.warns(RuntimeWarning, match="full log") as record:
@@ -385,7 +391,8 @@ def test_failed_build_is_remembered_across_processes(monkeypatch, isolated_build
     src = isolated_build / "broken"
     (src / "include").mkdir(parents=True)
     (src / "bindings.cpp").write_text("#error nerfaccel-test-broken-source\n")
-    (src / "cpu_ops.cpp").write_text("#error nerfaccel-test-broken-source\n")
+    (src / "csrc").mkdir()
+    (src / "csrc" / "grid.cpp").write_text("#error nerfaccel-test-broken-source\n")
     monkeypatch.setattr(build, "source_dir", lambda: src)
     monkeypatch.setattr(build, "_prebuilt", lambda kind: None)
     flags, key = list(build.LD_FLAGS), build.jit_key("cpp")
@@ -441,7 +448,8 @@ def test_cache_key_tracks_the_toolchain(monkeypatch, tmp_path):
     of a prebuilt binary is not (it must survive a compiler upgrade)."""
     src = tmp_path / "src"
     (src / "include" / "nerfaccel").mkdir(parents=True)
-    for name in ["bindings.cpp", "cpu_ops.cpp", "cuda_ops.cu", "include/nerfaccel/math.h"]:
+    for name in ["bindings.cpp", "csrc/grid.cpp", "cpu/grid_cpu.cpp", "gpu/grid.cu", "include/nerfaccel/grid.h"]:
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
         (src / name).write_text("// v1\n")
     versions = {"c++": "g++ (GCC) 12.2.0", "nvcc": "Cuda compilation tools, release 12.4"}
     calls: list[str] = []
@@ -478,21 +486,14 @@ def test_cache_key_tracks_the_toolchain(monkeypatch, tmp_path):
 
 
 def test_forced_backend_without_the_primitive_is_an_error(monkeypatch, reset_backend):
-    """NERFACCEL_BACKEND=cpp|cuda never falls back silently, also not per primitive."""
+    """NERFACCEL_BACKEND=cpp|cuda never falls back silently, also not per op."""
+    from nerfaccel_plugin import _ops, _torch_impl
 
-    class Partial:
-        available_ops = {"_inclusive_sum"}
-
-        @staticmethod
-        def _inclusive_sum(inputs, packed_info):
-            return inputs
-
-    monkeypatch.setattr(reset_backend, "_load_extension", lambda kind: (Partial, Partial.available_ops))
+    monkeypatch.setattr(reset_backend, "_load_extension", lambda kind: None)
+    monkeypatch.setattr(reset_backend, "_has_kernel", lambda op, device_type: op == "scan_fwd")
     monkeypatch.setenv("NERFACCEL_BACKEND", "cpp")
-    assert reset_backend.get_op("_inclusive_sum", "cpu") is Partial._inclusive_sum
-    with pytest.raises(reset_backend.BackendError, match="no kernel for '_exclusive_sum'"):
-        reset_backend.get_op("_exclusive_sum", "cpu")
+    assert reset_backend.get_op("_inclusive_sum", "cpu") is _ops._inclusive_sum
+    with pytest.raises(reset_backend.BackendError, match="no cpu kernel for 'searchsorted'"):
+        reset_backend.get_op("_searchsorted", "cpu")
     monkeypatch.delenv("NERFACCEL_BACKEND")
-    from nerfaccel_plugin import _torch_impl
-
-    assert reset_backend.get_op("_exclusive_sum", "cpu") is _torch_impl._exclusive_sum  # auto: per-op fallback
+    assert reset_backend.get_op("_searchsorted", "cpu") is _torch_impl._searchsorted  # auto: per-op fallback

@@ -117,9 +117,9 @@ def test_gradcheck():
 def test_opcheck():
     table = torch.rand(2 * 16, 2)
     scales = torch.tensor([3.0, 7.0])
-    torch.library.opcheck(torch.ops.nerfaccel.hash_encode, (torch.rand(10, 3), table, scales, 16))
+    torch.library.opcheck(torch.ops.nerfaccel.hash_encode_fwd, (torch.rand(10, 3), table, scales, 16))
     torch.library.opcheck(
-        torch.ops.nerfaccel.hash_encode, (torch.rand(10, 3, requires_grad=True), table.requires_grad_(), scales, 16)
+        torch.ops.nerfaccel.hash_encode_fwd, (torch.rand(10, 3, requires_grad=True), table.requires_grad_(), scales, 16)
     )
 
 

@@ -81,7 +81,7 @@ def test_pack_info_and_batched_layout_mark_covering_chunks():
     assert bad.tolist() == [[0, 1], [1, 1]]
     assert not _backend.is_marked_covering(bad, 3)
     batched, shape = volrend._layout("sigmas", torch.zeros(2, 3, 4), None, None, None)
-    assert shape == (2, 3, 4) and _backend.is_marked_covering(batched, 24)
+    assert shape == (2, 3, 4) and batched is None  # batched rows go to the kernels without a packed_info
     # A user's packed_info is not marked.
     user = torch.tensor([[0, 2], [2, 3]])
     assert not _backend.is_marked_covering(volrend._layout("sigmas", torch.zeros(5), user, None, None)[0], 5)

@@ -8,8 +8,8 @@ two extensions:
 
 Nothing is compiled at import. :func:`load_backend` builds an extension on first use (or finds it
 prebuilt by ``NERFACCEL_BUILD_EXT=1 pip install --no-build-isolation .``, by ``nerfaccel-build``, or
-in the cache from an earlier run), registers the ``torch.ops.nerfaccel.*`` ops and returns an object
-with the primitive ops of :mod:`nerfaccel_plugin._torch_impl` (same names, arguments and outputs).
+in the cache from an earlier run) and loads it: loading registers its kernels for the ``torch.ops.nerfaccel.*``
+operators (defined in :mod:`nerfaccel_plugin._ops`) with the dispatcher.
 """
 
 from __future__ import annotations
@@ -33,24 +33,23 @@ KINDS = ("cpp", "cuda")
 
 
 def load_backend(kind: str) -> Any:
-    """Returns the primitive ops implemented by extension ``kind``, building it on first use.
+    """Loads extension ``kind`` (building it on first use), which registers its kernels with the dispatcher.
 
     Args:
         kind: ``"cpp"`` (CPU kernels) or ``"cuda"`` (CUDA kernels).
 
     Returns:
-        An object exposing the primitives (``_traverse_grids``, ``_render_weight_from_density``, ...)
-        with the reference signatures and autograd, plus ``available_ops`` (set of their names).
+        The loaded extension module (build metadata only: ``source_hash``, ``device_type``).
 
     Raises:
         ExtensionUnavailable: The extension cannot be built or loaded; ``reason`` says why.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    from . import build, ops
+    from .. import _ops  # noqa: F401 - the operator schemas must exist before the kernels register
+    from . import build
 
-    build.get_module(kind)  # builds or loads; raises ExtensionUnavailable
-    return ops.backend(kind)
+    return build.get_module(kind)  # builds or loads; raises ExtensionUnavailable
 
 
 def build_status(kind: str) -> str:

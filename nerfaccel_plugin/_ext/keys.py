@@ -42,7 +42,9 @@ LD_FLAGS = ["-fopenmp"] + (["-lmvec"] if _MVEC else [])
 # math the same way (traversal's sample positions and the per-ray sums match the reference exactly).
 NVCC_FLAGS = ["-O3", "-DNERFACCEL_WITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo", "-fmad=false"]
 
-_SOURCES = {"cpp": ["bindings.cpp", "cpu_ops.cpp"], "cuda": ["bindings.cpp", "cuda_ops.cu"]}
+# Translation units: the build metadata, the checked entry points of every op family (both builds), and the
+# launchers of the build's device (cuda/cpu/*_cpu.cpp or cuda/gpu/*.cu). See docs/kernels.md.
+_LAUNCHERS = {"cpp": ("cpu", "*_cpu.cpp"), "cuda": ("gpu", "*.cu")}
 
 
 def source_dir() -> Path:
@@ -61,11 +63,12 @@ def source_dir() -> Path:
 def sources(kind: str, root: Path | None = None) -> list[Path]:
     """Translation units of extension ``kind``."""
     root = root or source_dir()
-    return [root / name for name in _SOURCES[kind]]
+    folder, pattern = _LAUNCHERS[kind]
+    return [root / "bindings.cpp", *sorted((root / "csrc").glob("*.cpp")), *sorted((root / folder).glob(pattern))]
 
 
 def _hashed_files(kind: str, root: Path) -> list[Path]:
-    headers = sorted((root / "include").rglob("*.h")) + sorted((root / "include").rglob("*.cuh"))
+    headers = sorted(root.rglob("*.h")) + sorted(root.rglob("*.cuh"))
     return sources(kind, root) + headers
 
 

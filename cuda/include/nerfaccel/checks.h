@@ -1,9 +1,10 @@
-// Host-side argument checks shared by the CPU and CUDA wrappers (kept apart from the launches).
+// Host-side argument checks used by the entry points of cuda/csrc/ (compiled into both builds).
 #pragma once
 
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -89,6 +90,49 @@ inline void check_packed_ranges(const at::Tensor& p, const char* name, int64_t n
 inline void check_flat(const at::Tensor& t, const char* name, int64_t n) {
   TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == n, "nerfaccel: `", name, "` must have shape [", n, "], got ",
                     t.sizes());
+}
+
+inline void check_same_flat(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name) {
+  check_float(t, name, ref.device());
+  check_same_dtype(t, ref, name, ref_name);
+  check_flat(t, name, ref.size(0));
+}
+
+// Like check_same_flat for any layout: same dtype, device and shape as ref.
+inline void check_like(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name) {
+  check_float(t, name, ref.device());
+  check_same_dtype(t, ref, name, ref_name);
+  TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), "nerfaccel: `", name, "` must have the shape of `", ref_name, "` ",
+                    ref.sizes(), ", got ", t.sizes());
+}
+
+// The layout of a segmented op's samples: flat (n,) with packed_info, or batched (n_rays, n) without (each row one
+// ray). Checks `x` against it (float, contiguous) and packed_info's rows (on the CPU).
+inline void check_layout(const at::Tensor& x, const std::optional<at::Tensor>& packed_info, const char* name) {
+  check_float(x, name, x.device());
+  if (packed_info.has_value()) {
+    TORCH_CHECK_VALUE(x.dim() == 1, "nerfaccel: `", name, "` must be flat (n,) with packed_info, got ", x.sizes());
+    check_packed_info(*packed_info, "packed_info", x.device());
+    check_packed_ranges(*packed_info, "packed_info", x.size(0));
+  } else {
+    TORCH_CHECK_VALUE(x.dim() == 2, "nerfaccel: `", name,
+                      "` must be batched (n_rays, n) without packed_info (or pass packed_info), got ", x.sizes());
+  }
+}
+
+// Whether the chunks tile [0, n): the non-empty ones in order, each starting where the previous one ended (empty
+// chunks may start anywhere). Then every element belongs to a chunk and the pass over all elements can be skipped.
+// (Counts summing to n are not enough: [[0, 2], [0, 2]] with n = 4 leaves elements 2 and 3 in no chunk.) Host data
+// only (CPU tensors).
+inline bool chunks_cover_all(const int64_t* pi, int64_t n_rays, int64_t n) {
+  int64_t next = 0;
+  for (int64_t r = 0; r < n_rays; ++r) {
+    const int64_t start = pi[2 * r], count = pi[2 * r + 1];
+    if (count == 0) continue;
+    if (start != next) return false;
+    next += count;
+  }
+  return next == n;
 }
 
 NA_NAMESPACE_END

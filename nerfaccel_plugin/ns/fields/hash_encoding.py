@@ -20,7 +20,6 @@ Measured on 2 CPU cores (``benchmarks/bench_hash.py``, ``benchmarks/results/hash
 from __future__ import annotations
 
 import os
-import warnings
 
 import torch
 from jaxtyping import Float
@@ -33,57 +32,15 @@ ENV_VAR = "NERFACCEL_HASH_KERNEL"
 
 
 def hash_kernel_available(device_type: str = "cpu") -> bool:
-    """Whether nerfaccel's fused kernel will be used for tensors of ``device_type`` (not switched off; on ``cpu``
-    the C++ extension is loaded, on ``cuda`` Triton is installed and its kernels are registered)."""
+    """Whether nerfaccel's fused kernel will be used for tensors of ``device_type``: not switched off, and a kernel
+    registered for it (the C++ extension on ``cpu``; on ``cuda`` the Triton kernels, which pass a first-use check
+    against Nerfstudio's math before they are registered, see :func:`nerfaccel_plugin._triton.register.register`)."""
     if os.environ.get(ENV_VAR, "1").strip() == "0":
         return False
-    if device_type == "cuda":
-        return _cuda_kernel_registered()
-    if device_type != "cpu":
-        return False
     try:
-        choice = _backend._resolve("cpu")
+        return _backend.kernel_for("hash_encode", device_type) is not None
     except _backend.BackendError:
         return False
-    if choice.backend != "cpp":
-        return False
-    from ..._ext import ops  # noqa: F401, PLC0415 - registers torch.ops.nerfaccel.hash_encode
-
-    return True
-
-
-_cuda_state: dict[str, bool] = {}
-
-
-def _cuda_kernel_registered() -> bool:
-    """Registers the Triton kernels as the CUDA kernels of the hash ops once; False if that is not possible."""
-    if os.environ.get(_backend.ENV_VAR, "").strip().lower() == "torch":
-        return False
-    if "ok" not in _cuda_state:
-        try:
-            from ..._ext import (
-                ops,  # noqa: F401, PLC0415 - defines torch.ops.nerfaccel.hash_encode*
-                selftest,  # noqa: PLC0415
-            )
-            from ..._triton import hash as triton_hash  # noqa: PLC0415
-
-            if selftest.enabled():  # first use: the Triton kernels against Nerfstudio's math on this GPU
-                outcome = selftest.run_hash(triton_hash.hash_encode_fwd, triton_hash.hash_encode_bwd, "cuda")
-                if not outcome.passed:
-                    warnings.warn(
-                        f"nerfaccel: the Triton hash-encoding kernels failed their self-test on this GPU "
-                        f"({outcome.summary()}); using Nerfstudio's torch hash encoding instead. Please report "
-                        f"this; {selftest.ENV_VAR}=0 skips the test.",
-                        RuntimeWarning,
-                        stacklevel=4,
-                    )
-                    _cuda_state["ok"] = False
-                    return False
-            triton_hash.register("nerfaccel::hash_encode", "nerfaccel::hash_encode_backward")
-            _cuda_state["ok"] = True
-        except Exception:  # noqa: BLE001 - no Triton / no op definitions: Nerfstudio's code runs instead
-            _cuda_state["ok"] = False
-    return _cuda_state["ok"]
 
 
 def hash_encode(
@@ -100,7 +57,7 @@ def hash_encode(
     Returns:
         ``(n, levels * F)`` features, level-major like Nerfstudio's ``HashEncoding``.
     """
-    return torch.ops.nerfaccel.hash_encode(x.contiguous(), table.contiguous(), scales.contiguous(), int(table_size))
+    return _backend.op("hash_encode", x.device)(x, table, scales, table_size)
 
 
 class NerfaccelHashEncoding(HashEncoding):
