@@ -268,23 +268,30 @@ get_op = op  # the former name
 _selftested: set[str] = set()
 
 
-def _selftest(device_type: str, state: _Device) -> None:
-    """First use of a device type's kernels in this process: every op with a kernel against the reference on that
-    device (:mod:`nerfaccel_plugin._ext.selftest`; the verdict is cached per build and device). A failure switches the
-    device type's kernels off through :func:`disable`. Runs outside the backend lock (the test calls the kernels)."""
-    _selftested.add(device_type)
+def kernel_namespace(device_type: str) -> Any:
+    """The registered kernels of ``device_type`` as a namespace of reference-named callables (``_inclusive_sum``,
+    ``_render_weight_from_density``, ...), plus ``available_ops``: what the self-test runs (hash encoding aside, which
+    has its own check)."""
     from types import SimpleNamespace  # noqa: PLC0415
-
-    from ._ext import selftest  # noqa: PLC0415
 
     kernels = {
         "_" + c.name: c.fn
         for c in _ops.KERNEL_CALLS.values()
         if c.name != "hash_encode" and _has_kernel(c.op, device_type)
     }
-    if not kernels:
+    return SimpleNamespace(available_ops=set(kernels), **kernels)
+
+
+def _selftest(device_type: str, state: _Device) -> None:
+    """First use of a device type's kernels in this process: every op with a kernel against the reference on that
+    device (:mod:`nerfaccel_plugin._ext.selftest`; the verdict is cached per build and device). A failure switches the
+    device type's kernels off through :func:`disable`. Runs outside the backend lock (the test calls the kernels)."""
+    _selftested.add(device_type)
+    from ._ext import selftest  # noqa: PLC0415
+
+    ops = kernel_namespace(device_type)
+    if not ops.available_ops:
         return
-    ops = SimpleNamespace(available_ops=set(kernels), **kernels)
     kind = _EXT_KIND.get(device_type, device_type)
     try:
         outcome = selftest.gate(kind, ops, torch.device(device_type))
@@ -327,6 +334,7 @@ def backend_info() -> dict[str, dict[str, str]]:
         except BackendError as err:
             info[device_type] = {"backend": "error", "reason": str(err), "ops": "0"}
             continue
+        selftest_summary = _selftest_summary(device_type, state)  # first, since a failed test switches kernels off
         k = sum(_has_kernel(c.op, device_type) for c in _ops.KERNEL_CALLS.values()) if state.loaded else 0
         backend, reason = state.backend, state.reason
         if device_type in disabled and state.loaded:
@@ -335,7 +343,7 @@ def backend_info() -> dict[str, dict[str, str]]:
             "backend": backend,
             "reason": reason,
             "ops": f"{k}/{n} ops with kernels",
-            "selftest": _selftest_summary(device_type, state),
+            "selftest": selftest_summary,
         }
     if not torch.cuda.is_available():
         info["cuda"] = {"backend": "none", "reason": "torch.cuda.is_available() is False", "ops": "0"}

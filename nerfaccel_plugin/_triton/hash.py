@@ -254,7 +254,7 @@ def hash_encode_bwd(
     return g_table.to(table.dtype), g_x
 
 
-def register(fwd_op: str = "nerfaccel::hash_encode", bwd_op: str = "nerfaccel::hash_encode_backward") -> None:
+def register(fwd_op: str = "nerfaccel::hash_encode_fwd", bwd_op: str = "nerfaccel::hash_encode_bwd") -> None:
     """Registers the Triton kernels as the ``cuda`` kernels of the hash ops.
 
     The ops keep their schemas, fake kernels and autograd (defined once elsewhere); this only adds the CUDA
