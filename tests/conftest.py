@@ -28,3 +28,29 @@ def reset_backend():
     _backend.reset()
     yield _backend
     _backend.reset()
+
+
+@pytest.fixture(params=["torch", "cpp"])
+def semantic_backend(request, monkeypatch):
+    """Runs a test once on the PyTorch reference and once on the C++ build (``NERFACCEL_BACKEND``).
+
+    The suites that check op semantics (hand-computed values, per-ray loops, gradcheck, traversal invariants, bad
+    input) use it through ``pytestmark = pytest.mark.usefixtures("semantic_backend")``: on the default backend alone
+    they would never reach ``_torch_impl``, the reference every kernel is compared against. Without a C++ toolchain
+    the ``cpp`` run skips, unless ``NERFACCEL_REQUIRE_EXT=1`` (CI) makes that a failure.
+    """
+    import os
+
+    from nerfaccel_plugin import _backend, _ext
+
+    if request.param == "cpp":
+        try:
+            _ext.load_backend("cpp")
+        except _ext.ExtensionUnavailable as err:
+            if os.environ.get("NERFACCEL_REQUIRE_EXT") == "1":
+                pytest.fail(f"the cpp extension must build here (NERFACCEL_REQUIRE_EXT=1): {err}")
+            pytest.skip(f"cpp extension unavailable: {err}")
+    monkeypatch.setenv("NERFACCEL_BACKEND", request.param)
+    _backend.reset()
+    yield request.param
+    _backend.reset()

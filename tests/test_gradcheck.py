@@ -15,6 +15,9 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import nerfaccel_plugin as nacc
 
+# Every test once on the PyTorch reference and once on the C++ build (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("semantic_backend")
+
 F64 = torch.float64
 COUNTS = [0, 2, 3, 0, 1, 4, 0]  # empty rays first, in the middle and last; a single-sample ray
 N = sum(COUNTS)

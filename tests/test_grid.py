@@ -14,6 +14,9 @@ import torch
 import nerfaccel_plugin as nacc
 from nerfaccel_plugin.grid import traverse_grids_samples
 
+# Every test once on the PyTorch reference and once on the C++ build (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("semantic_backend")
+
 
 def _loop_traverse(rays_o, rays_d, binaries, aabbs, near, far, step, cone):
     """Per-ray loop: march t_{k+1} = t_k + max(step, cone * t_k) and keep occupied midpoints."""

@@ -9,6 +9,9 @@ import torch
 
 import nerfaccel_plugin as nacc
 
+# Every test once on the PyTorch reference and once on the C++ build (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("semantic_backend")
+
 ALPHAS = [0.4, 0.8, 0.1, 0.8, 0.1, 0.0, 0.9]
 RAY_IDS = [0, 0, 0, 1, 1, 2, 2]
 PACKED = [[0, 3], [3, 2], [5, 2]]

@@ -18,6 +18,9 @@ from hypothesis import strategies as st
 
 import nerfaccel_plugin as nacc
 
+# Every test once on the PyTorch reference and once on the C++ build (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("semantic_backend")
+
 F64 = torch.float64
 # NERFACCEL_HYPOTHESIS_EXAMPLES raises the example count for a longer bug hunt (default keeps the file ~30 s).
 FAST = settings(

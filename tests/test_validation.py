@@ -7,6 +7,9 @@ import torch
 
 import nerfaccel_plugin as nacc
 
+# Every test once on the PyTorch reference and once on the C++ build (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("semantic_backend")
+
 AABB = torch.tensor([[-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]])
 GRID = torch.ones(1, 4, 4, 4, dtype=torch.bool)
 
