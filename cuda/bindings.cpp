@@ -43,6 +43,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("contract_bwd", &na::contract_bwd);
   m.def("grid_ema_update", &na::grid_ema_update);
 #ifndef NERFACCEL_WITH_CUDA
+  m.def("traverse_grids_visits", &na::traverse_grids_visits);  // lattice points per ray, for benchmarks
   m.def("hash_encode_fwd", &na::hash_encode_fwd);  // CPU build only (CUDA uses tiny-cuda-nn or torch)
   m.def("hash_encode_bwd", &na::hash_encode_bwd);
   m.def("render_density_fwd_fused", &na::render_density_fwd_fused);  // the CUDA per-ray loops, for tests

@@ -7,10 +7,12 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "nerfaccel/math.h"
 #include "nerfaccel/ops.h"
+#include "nerfaccel/traverse.h"
 
 NA_NAMESPACE_BEGIN
 
@@ -84,18 +86,31 @@ Tensors3 ray_aabb_intersect(const Tensor& rays_o, const Tensor& rays_d, const Te
 }
 
 namespace {
-struct PushEmit {
-  std::vector<int64_t>* rays;
-  std::vector<double>* t;  // t0, t1 interleaved
-  int64_t ray;
-  void operator()(double t0, double t1) {
-    rays->push_back(ray);
-    t->push_back(t0);
-    t->push_back(t1);
+// Converts the traversal's inputs to the rays' dtype (the march runs in that precision, float32 for float32 rays).
+struct TraverseInputs {
+  Tensor o, d, boxes, near, far;
+  TraverseInputs(const Tensor& rays_o, const Tensor& rays_d, const Tensor& aabbs, const Tensor& near_planes,
+                 const Tensor& far_planes) {
+    const auto dt = rays_o.scalar_type();
+    o = rays_o.contiguous();
+    d = rays_d.to(dt).contiguous();
+    boxes = aabbs.to(dt).contiguous();
+    near = near_planes.to(dt).contiguous();
+    far = far_planes.to(dt).contiguous();
+  }
+  template <typename T>
+  TravGrid<T> grid(const Tensor& binaries) const {
+    return TravGrid<T>{binaries.data_ptr<bool>(), boxes.data_ptr<T>(), static_cast<int32_t>(binaries.size(0)),
+                       {static_cast<int32_t>(binaries.size(1)), static_cast<int32_t>(binaries.size(2)),
+                        static_cast<int32_t>(binaries.size(3))}};
   }
 };
 }  // namespace
 
+// One march per ray (traverse.h): contiguous blocks of rays, each counting its rays' samples into `counts`; then
+// every block fills its rays' slots with the same function (SlotEmit, write = true, bounded by the counts).
+// Both passes run the identical float-for-float march, so the counts are exact; the bound makes a mismatch
+// harmless regardless. Output sorted by ray, then t.
 Tensors3 traverse_grids(const Tensor& rays_o, const Tensor& rays_d, const Tensor& binaries, const Tensor& aabbs,
                         const Tensor& near_planes, const Tensor& far_planes, double step_size, double cone_angle) {
   check_traverse(rays_o, rays_d, binaries, aabbs, near_planes, far_planes);
@@ -104,55 +119,70 @@ Tensors3 traverse_grids(const Tensor& rays_o, const Tensor& rays_d, const Tensor
   if (n == 0 || binaries.numel() == 0) {
     return {at::empty({0}, out_opts.dtype(at::kLong)), at::empty({0}, out_opts), at::empty({0}, out_opts)};
   }
-  // Positions are computed in float64, exactly as the reference does.
-  const auto o64 = rays_o.to(at::kDouble).contiguous();
-  const auto d64 = rays_d.to(at::kDouble).contiguous();
-  const auto b64 = aabbs.to(at::kDouble).contiguous();
-  const auto near64 = near_planes.to(at::kDouble).contiguous();
-  const auto far64 = far_planes.to(at::kDouble).contiguous();
-  GridStack grid{binaries.data_ptr<bool>(), b64.data_ptr<double>(), binaries.size(0), binaries.size(1),
-                 binaries.size(2), binaries.size(3)};
-  const double* o = o64.data_ptr<double>();
-  const double* d = d64.data_ptr<double>();
-  const double* nearp = near64.data_ptr<double>();
-  const double* farp = far64.data_ptr<double>();
-
-  // Contiguous blocks of rays, each filling its own buffers; concatenating the blocks in order keeps
-  // the output sorted by ray.
-  const int64_t n_blocks = std::min<int64_t>(n, static_cast<int64_t>(n_threads()) * 16);
-  const int64_t per_block = (n + n_blocks - 1) / n_blocks;
-  std::vector<std::vector<int64_t>> block_rays(n_blocks);
-  std::vector<std::vector<double>> block_t(n_blocks);
-  parallel_blocks(n_blocks, n > 256, [&](int64_t blk) {
-    PushEmit emit{&block_rays[blk], &block_t[blk], 0};
-    const int64_t r1 = std::min(n, (blk + 1) * per_block);
-    for (int64_t r = blk * per_block; r < r1; ++r) {
-      emit.ray = r;
-      traverse_ray(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step_size, cone_angle, emit);
-    }
-  });
-  std::vector<int64_t> offsets(n_blocks + 1, 0);
-  for (int64_t blk = 0; blk < n_blocks; ++blk) offsets[blk + 1] = offsets[blk] + block_rays[blk].size();
-  const int64_t total = offsets[n_blocks];
-  auto ray_indices = at::empty({total}, out_opts.dtype(at::kLong));
-  auto t_starts = at::empty({total}, out_opts);
-  auto t_ends = at::empty({total}, out_opts);
+  TORCH_CHECK(binaries.size(1) < (1 << 30) && binaries.size(2) < (1 << 30) && binaries.size(3) < (1 << 30),
+              "traverse_grids: grid resolutions must be below 2^30 per axis");
+  const TraverseInputs in(rays_o, rays_d, aabbs, near_planes, far_planes);
+  const auto binc = binaries.contiguous();
+  std::vector<int64_t> ends(n);
+  std::atomic<bool> mismatch{false};
+  Tensor ray_indices, t_starts, t_ends;
   AT_DISPATCH_FLOATING_TYPES(rays_o.scalar_type(), "traverse_grids", [&] {
-    int64_t* ri = ray_indices.data_ptr<int64_t>();
-    scalar_t* ts = t_starts.data_ptr<scalar_t>();
-    scalar_t* te = t_ends.data_ptr<scalar_t>();
-    parallel_blocks(n_blocks, total > kParallelGrain, [&](int64_t blk) {
-      const int64_t base = offsets[blk];
-      const auto& rs = block_rays[blk];
-      const auto& tv = block_t[blk];
-      for (size_t i = 0; i < rs.size(); ++i) {
-        ri[base + i] = rs[i];
-        ts[base + i] = static_cast<scalar_t>(tv[2 * i]);
-        te[base + i] = static_cast<scalar_t>(tv[2 * i + 1]);
-      }
+    using T = scalar_t;
+    const TravGrid<T> grid = in.grid<T>(binc);
+    const T* o = in.o.data_ptr<T>();
+    const T* d = in.d.data_ptr<T>();
+    const T* nearp = in.near.data_ptr<T>();
+    const T* farp = in.far.data_ptr<T>();
+    const T step = static_cast<T>(step_size), cone = static_cast<T>(cone_angle);
+    parallel_rays(n, [&](int64_t r) {
+      SlotEmit<T> emit{nullptr, nullptr, nullptr, 0, 0, r, false};
+      NoStats stats;
+      ends[r] = traverse_ray(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step, cone, emit, stats);
     });
+    for (int64_t r = 1; r < n; ++r) ends[r] += ends[r - 1];
+    const int64_t total = ends[n - 1];
+    ray_indices = at::empty({total}, out_opts.dtype(at::kLong));
+    t_starts = at::empty({total}, out_opts);
+    t_ends = at::empty({total}, out_opts);
+    int64_t* ri = ray_indices.data_ptr<int64_t>();
+    T* ts = t_starts.data_ptr<T>();
+    T* te = t_ends.data_ptr<T>();
+    parallel_rays(n, [&](int64_t r) {
+      const int64_t begin = r > 0 ? ends[r - 1] : 0;
+      if (ends[r] == begin) return;
+      SlotEmit<T> emit{ri, ts, te, begin, ends[r], r, true};
+      NoStats stats;
+      traverse_ray(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step, cone, emit, stats);
+      if (emit.pos != ends[r]) mismatch.store(true, std::memory_order_relaxed);
+    });
+    TORCH_CHECK(!mismatch.load(), "traverse_grids: internal error, the fill pass disagreed with the count pass");
   });
   return {ray_indices, t_starts, t_ends};
+}
+
+// Lattice points evaluated per ray by the march (benchmarks: work per emitted sample). CPU build only.
+Tensor traverse_grids_visits(const Tensor& rays_o, const Tensor& rays_d, const Tensor& binaries, const Tensor& aabbs,
+                             const Tensor& near_planes, const Tensor& far_planes, double step_size,
+                             double cone_angle) {
+  check_traverse(rays_o, rays_d, binaries, aabbs, near_planes, far_planes);
+  const int64_t n = rays_o.size(0);
+  auto visits = at::zeros({n}, rays_o.options().dtype(at::kLong));
+  if (n == 0 || binaries.numel() == 0) return visits;
+  const TraverseInputs in(rays_o, rays_d, aabbs, near_planes, far_planes);
+  const auto binc = binaries.contiguous();
+  int64_t* v = visits.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(rays_o.scalar_type(), "traverse_grids_visits", [&] {
+    using T = scalar_t;
+    const TravGrid<T> grid = in.grid<T>(binc);
+    parallel_rays(n, [&](int64_t r) {
+      SlotEmit<T> emit{nullptr, nullptr, nullptr, 0, 0, r, false};
+      VisitStats stats;
+      traverse_ray(in.o.data_ptr<T>() + 3 * r, in.d.data_ptr<T>() + 3 * r, in.near.data_ptr<T>()[r],
+                   in.far.data_ptr<T>()[r], grid, static_cast<T>(step_size), static_cast<T>(cone_angle), emit, stats);
+      v[r] = stats.visits;
+    });
+  });
+  return visits;
 }
 
 Tensor scan_fwd(const Tensor& inputs, const Tensor& packed_info, bool prod, bool exclusive) {

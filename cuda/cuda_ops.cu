@@ -13,6 +13,7 @@
 
 #include "nerfaccel/math.h"
 #include "nerfaccel/ops.h"
+#include "nerfaccel/traverse.h"
 
 #if !defined(NERFACCEL_WITH_CUDA)
 #error "the CUDA build must define NERFACCEL_WITH_CUDA (every translation unit: it selects the build's namespace)"
@@ -53,46 +54,20 @@ __global__ void ray_aabb_kernel(const T* o, const T* d, const T* boxes, int64_t 
   }
 }
 
-struct CountEmit {
-  NA_HD void operator()(double, double) {}
-};
-
-// Writes the ray's samples into its slots [pos, end). The count pass and this pass run the same double-precision
-// math (no FMA contraction, see build.py), so they emit the same samples; the bound keeps a ray from ever
-// writing into its neighbour's slots regardless.
+// Count (ends == nullptr) or fill: ONE kernel, so both passes run the same instructions of traverse_ray; the
+// fill's stores are bounded by the ray's slot range [ends[r] - counts[r], ends[r]).
 template <typename T>
-struct WriteEmit {
-  int64_t* rays;
-  T* t0;
-  T* t1;
-  index_t pos;
-  index_t end;
-  int64_t ray;
-  NA_HD void operator()(double a, double b) {
-    if (pos >= end) return;
-    rays[pos] = ray;
-    t0[pos] = static_cast<T>(a);
-    t1[pos] = static_cast<T>(b);
-    ++pos;
-  }
-};
-
-__global__ void traverse_count_kernel(const double* o, const double* d, const double* nearp, const double* farp,
-                                      GridStack grid, double step, double cone, int64_t n, int64_t* counts) {
+__global__ void __launch_bounds__(256) traverse_kernel(const T* o, const T* d, const T* nearp, const T* farp,
+                                                       TravGrid<T> grid, T step, T cone, int64_t n,
+                                                       const int64_t* ends, int64_t* counts, int64_t* rays, T* t0,
+                                                       T* t1) {
   NA_GRID_LOOP(r, n) {
-    CountEmit emit;
-    counts[r] = traverse_ray(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step, cone, emit);
-  }
-}
-
-template <typename T>
-__global__ void traverse_fill_kernel(const double* o, const double* d, const double* nearp, const double* farp,
-                                     GridStack grid, double step, double cone, int64_t n, const int64_t* ends,
-                                     const int64_t* counts, int64_t* rays, T* t0, T* t1) {
-  NA_GRID_LOOP(r, n) {
-    if (counts[r] == 0) continue;
-    WriteEmit<T> emit{rays, t0, t1, ends[r] - counts[r], ends[r], r};
-    traverse_ray(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step, cone, emit);
+    const bool write = ends != nullptr;
+    if (write && counts[r] == 0) continue;
+    SlotEmit<T> emit{rays, t0, t1, write ? ends[r] - counts[r] : 0, write ? ends[r] : 0, r, write};
+    NoStats stats;
+    const int64_t kept = traverse_ray(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step, cone, emit, stats);
+    if (!write) counts[r] = kept;
   }
 }
 
@@ -327,29 +302,38 @@ Tensors3 traverse_grids(const Tensor& rays_o, const Tensor& rays_d, const Tensor
   if (n == 0 || binaries.numel() == 0) {
     return {at::empty({0}, out_opts.dtype(at::kLong)), at::empty({0}, out_opts), at::empty({0}, out_opts)};
   }
-  const auto o64 = rays_o.to(at::kDouble).contiguous();
-  const auto d64 = rays_d.to(at::kDouble).contiguous();
-  const auto b64 = aabbs.to(at::kDouble).contiguous();
-  const auto near64 = near_planes.to(at::kDouble).contiguous();
-  const auto far64 = far_planes.to(at::kDouble).contiguous();
-  GridStack grid{binaries.data_ptr<bool>(), b64.data_ptr<double>(), binaries.size(0), binaries.size(1),
-                 binaries.size(2), binaries.size(3)};
+  TORCH_CHECK(binaries.size(1) < (1 << 30) && binaries.size(2) < (1 << 30) && binaries.size(3) < (1 << 30),
+              "traverse_grids: grid resolutions must be below 2^30 per axis");
+  // The march runs in the rays' precision (float32 rays: no FP64 instruction).
+  const auto dt = rays_o.scalar_type();
+  const auto o = rays_o.contiguous();
+  const auto d = rays_d.to(dt).contiguous();
+  const auto boxes = aabbs.to(dt).contiguous();
+  const auto nearc = near_planes.to(dt).contiguous();
+  const auto farc = far_planes.to(dt).contiguous();
+  const auto binc = binaries.contiguous();
   auto counts = at::empty({n}, out_opts.dtype(at::kLong));
-  NA_LAUNCH(traverse_count_kernel, n, o64.data_ptr<double>(), d64.data_ptr<double>(), near64.data_ptr<double>(),
-            far64.data_ptr<double>(), grid, step_size, cone_angle, n, counts.data_ptr<int64_t>());
-  const auto ends = counts.cumsum(0);
-  const int64_t total = ends[-1].item<int64_t>();
-  auto ray_indices = at::empty({total}, out_opts.dtype(at::kLong));
-  auto t_starts = at::empty({total}, out_opts);
-  auto t_ends = at::empty({total}, out_opts);
-  if (total > 0) {
-    AT_DISPATCH_FLOATING_TYPES(rays_o.scalar_type(), "traverse_grids", [&] {
-      NA_LAUNCH(traverse_fill_kernel<scalar_t>, n, o64.data_ptr<double>(), d64.data_ptr<double>(),
-                near64.data_ptr<double>(), far64.data_ptr<double>(), grid, step_size, cone_angle, n,
-                ends.data_ptr<int64_t>(), counts.data_ptr<int64_t>(), ray_indices.data_ptr<int64_t>(),
-                t_starts.data_ptr<scalar_t>(), t_ends.data_ptr<scalar_t>());
-    });
-  }
+  Tensor ray_indices, t_starts, t_ends;
+  AT_DISPATCH_FLOATING_TYPES(dt, "traverse_grids", [&] {
+    using T = scalar_t;
+    const TravGrid<T> grid{binc.data_ptr<bool>(), boxes.data_ptr<T>(), static_cast<int32_t>(binc.size(0)),
+                           {static_cast<int32_t>(binc.size(1)), static_cast<int32_t>(binc.size(2)),
+                            static_cast<int32_t>(binc.size(3))}};
+    const T step = static_cast<T>(step_size), cone = static_cast<T>(cone_angle);
+    NA_LAUNCH(traverse_kernel<T>, n, o.data_ptr<T>(), d.data_ptr<T>(), nearc.data_ptr<T>(), farc.data_ptr<T>(), grid,
+              step, cone, n, static_cast<const int64_t*>(nullptr), counts.data_ptr<int64_t>(),
+              static_cast<int64_t*>(nullptr), static_cast<T*>(nullptr), static_cast<T*>(nullptr));
+    const auto ends = counts.cumsum(0);
+    const int64_t total = ends[-1].item<int64_t>();  // the one host sync: the output size
+    ray_indices = at::empty({total}, out_opts.dtype(at::kLong));
+    t_starts = at::empty({total}, out_opts);
+    t_ends = at::empty({total}, out_opts);
+    if (total > 0) {
+      NA_LAUNCH(traverse_kernel<T>, n, o.data_ptr<T>(), d.data_ptr<T>(), nearc.data_ptr<T>(), farc.data_ptr<T>(),
+                grid, step, cone, n, ends.data_ptr<int64_t>(), counts.data_ptr<int64_t>(),
+                ray_indices.data_ptr<int64_t>(), t_starts.data_ptr<T>(), t_ends.data_ptr<T>());
+    }
+  });
   return {ray_indices, t_starts, t_ends};
 }
 

@@ -26,6 +26,8 @@ Tensors3 ray_aabb_intersect(const Tensor& rays_o, const Tensor& rays_d, const Te
                             double far_plane, double miss_value);
 Tensors3 traverse_grids(const Tensor& rays_o, const Tensor& rays_d, const Tensor& binaries, const Tensor& aabbs,
                         const Tensor& near_planes, const Tensor& far_planes, double step_size, double cone_angle);
+Tensor traverse_grids_visits(const Tensor& rays_o, const Tensor& rays_d, const Tensor& binaries, const Tensor& aabbs,
+                             const Tensor& near_planes, const Tensor& far_planes, double step_size, double cone_angle);
 Tensor scan_fwd(const Tensor& inputs, const Tensor& packed_info, bool prod, bool exclusive);
 Tensor scan_bwd(const Tensor& grad, const Tensor& inputs, const Tensor& outputs, const Tensor& packed_info, bool prod,
                 bool exclusive);
