@@ -4,7 +4,9 @@
 #  1. compile the CPU extension (system C++ compiler) from scratch into the extension cache and import it;
 #  2. test it against the pure-PyTorch reference (parity, gradcheck, opcheck, torch.compile, build machinery);
 #  3. compile + link the CUDA extension with nvcc for one architecture and import it (no GPU needed:
-#     importing only needs libcudart). Skipped with a notice when there is no nvcc / CUDA torch.
+#     importing only needs libcudart), then count FP64 instructions / registers of its float32 hot kernels
+#     (.ci/check_sass.py, when cuobjdump is on PATH). Skipped with a notice when there is no nvcc / CUDA torch.
+#  4. ptxas registers / spills of the traversal kernel for sm_80/86/89/90 (.ci/check_traverse_regs.sh, nvcc only).
 # The builds go to the normal cache (~/.cache/nerfaccel/ext or $NERFACCEL_EXT_DIR), so the full test
 # run afterwards finds them. NERFACCEL_CI_FORCE=0 reuses cached builds instead of recompiling.
 set -euo pipefail
@@ -33,6 +35,13 @@ if python -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" \
   t=$(date +%s)
   python -m nerfaccel_plugin._ext.cli --cuda --arch "$ARCH" --import --quiet "${FORCE[@]}"
   cuda_s=$(( $(date +%s) - t ))s
+  stamp "CUDA extension: FP64 instructions and registers of the float32 hot kernels (cuobjdump)"
+  # 2 = no cuobjdump here (pip download nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm and put them on PATH)
+  python .ci/check_sass.py || [ $? = 2 ]
+fi
+if [ -n "${CUDA_HOME:-}" ] || command -v nvcc >/dev/null 2>&1; then
+  stamp "traversal kernel: ptxas registers / spills for sm_80/86/89/90"
+  .ci/check_traverse_regs.sh
 else
   echo "notice: no nvcc or a CPU-only torch: the CUDA extension build is skipped"
 fi

@@ -7,7 +7,6 @@
 #endif
 
 #include <algorithm>
-#include <atomic>
 #include <vector>
 
 #include "nerfaccel/math.h"
@@ -107,10 +106,23 @@ struct TraverseInputs {
 };
 }  // namespace
 
-// One march per ray (traverse.h): contiguous blocks of rays, each counting its rays' samples into `counts`; then
-// every block fills its rays' slots with the same function (SlotEmit, write = true, bounded by the counts).
-// Both passes run the identical float-for-float march, so the counts are exact; the bound makes a mismatch
-// harmless regardless. Output sorted by ray, then t.
+namespace {
+// Appends a block's samples to its own buffers (the CPU march is single-pass: no count pass to disagree with).
+template <typename T>
+struct PushEmit {
+  std::vector<int64_t>* rays;
+  std::vector<T>* t;  // t0, t1 interleaved
+  int64_t ray;
+  void operator()(T t0, T t1) {
+    rays->push_back(ray);
+    t->push_back(t0);
+    t->push_back(t1);
+  }
+};
+}  // namespace
+
+// One march per ray (traverse.h), in the rays' precision, single pass: contiguous blocks of rays each append to
+// their own buffers, concatenated in block order (output sorted by ray, then t).
 Tensors3 traverse_grids(const Tensor& rays_o, const Tensor& rays_d, const Tensor& binaries, const Tensor& aabbs,
                         const Tensor& near_planes, const Tensor& far_planes, double step_size, double cone_angle) {
   check_traverse(rays_o, rays_d, binaries, aabbs, near_planes, far_planes);
@@ -123,8 +135,6 @@ Tensors3 traverse_grids(const Tensor& rays_o, const Tensor& rays_d, const Tensor
               "traverse_grids: grid resolutions must be below 2^30 per axis");
   const TraverseInputs in(rays_o, rays_d, aabbs, near_planes, far_planes);
   const auto binc = binaries.contiguous();
-  std::vector<int64_t> ends(n);
-  std::atomic<bool> mismatch{false};
   Tensor ray_indices, t_starts, t_ends;
   AT_DISPATCH_FLOATING_TYPES(rays_o.scalar_type(), "traverse_grids", [&] {
     using T = scalar_t;
@@ -134,28 +144,38 @@ Tensors3 traverse_grids(const Tensor& rays_o, const Tensor& rays_d, const Tensor
     const T* nearp = in.near.data_ptr<T>();
     const T* farp = in.far.data_ptr<T>();
     const T step = static_cast<T>(step_size), cone = static_cast<T>(cone_angle);
-    parallel_rays(n, [&](int64_t r) {
-      SlotEmit<T> emit{nullptr, nullptr, nullptr, 0, 0, r, false};
+    const int64_t n_blocks = std::min<int64_t>(n, static_cast<int64_t>(n_threads()) * 16);
+    const int64_t per_block = (n + n_blocks - 1) / n_blocks;
+    std::vector<std::vector<int64_t>> block_rays(n_blocks);
+    std::vector<std::vector<T>> block_t(n_blocks);
+    parallel_blocks(n_blocks, n > 256, [&](int64_t blk) {
+      PushEmit<T> emit{&block_rays[blk], &block_t[blk], 0};
       NoStats stats;
-      ends[r] = traverse_ray(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step, cone, emit, stats);
+      const int64_t r1 = std::min(n, (blk + 1) * per_block);
+      for (int64_t r = blk * per_block; r < r1; ++r) {
+        emit.ray = r;
+        traverse_ray(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step, cone, emit, stats);
+      }
     });
-    for (int64_t r = 1; r < n; ++r) ends[r] += ends[r - 1];
-    const int64_t total = ends[n - 1];
+    std::vector<int64_t> offsets(n_blocks + 1, 0);
+    for (int64_t blk = 0; blk < n_blocks; ++blk) offsets[blk + 1] = offsets[blk] + block_rays[blk].size();
+    const int64_t total = offsets[n_blocks];
     ray_indices = at::empty({total}, out_opts.dtype(at::kLong));
     t_starts = at::empty({total}, out_opts);
     t_ends = at::empty({total}, out_opts);
     int64_t* ri = ray_indices.data_ptr<int64_t>();
     T* ts = t_starts.data_ptr<T>();
     T* te = t_ends.data_ptr<T>();
-    parallel_rays(n, [&](int64_t r) {
-      const int64_t begin = r > 0 ? ends[r - 1] : 0;
-      if (ends[r] == begin) return;
-      SlotEmit<T> emit{ri, ts, te, begin, ends[r], r, true};
-      NoStats stats;
-      traverse_ray(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step, cone, emit, stats);
-      if (emit.pos != ends[r]) mismatch.store(true, std::memory_order_relaxed);
+    parallel_blocks(n_blocks, total > kParallelGrain, [&](int64_t blk) {
+      const int64_t base = offsets[blk];
+      const auto& rs = block_rays[blk];
+      const auto& tv = block_t[blk];
+      for (size_t i = 0; i < rs.size(); ++i) {
+        ri[base + i] = rs[i];
+        ts[base + i] = tv[2 * i];
+        te[base + i] = tv[2 * i + 1];
+      }
     });
-    TORCH_CHECK(!mismatch.load(), "traverse_grids: internal error, the fill pass disagreed with the count pass");
   });
   return {ray_indices, t_starts, t_ends};
 }
@@ -476,7 +496,7 @@ Tensors2 searchsorted(const Tensor& sorted_vals, const Tensor& sorted_packed_inf
 }
 
 Tensors4 importance_sampling(const Tensor& edge_vals, const Tensor& cdfs, const Tensor& packed_info,
-                             const Tensor& n_per_ray, const Tensor& bias) {
+                             const Tensor& n_per_ray, const Tensor& bias, int64_t n_uniform) {
   const auto dev = edge_vals.device();
   check_float(edge_vals, "edge_vals", dev);
   check_dim(edge_vals, "edge_vals", 1);
@@ -490,14 +510,19 @@ Tensors4 importance_sampling(const Tensor& edge_vals, const Tensor& cdfs, const 
   check_flat(bias, "bias", n_rays);
   // Layout (cheap, on the host): rays with no edges or n = 0 produce nothing.
   const auto counts = packed_info.select(1, 1);
-  const auto n = at::where(counts > 0, n_per_ray, at::zeros_like(n_per_ray)).clamp_min(0);
+  // n_uniform >= 0: the caller promises every ray has edges and n_per_ray == n_uniform (batched layout), so the
+  // sizes are known on the host (no device sync); a ray without edges (value checks off) then keeps zeros.
+  const bool uniform = n_uniform >= 0;
+  const auto n = uniform ? at::full_like(n_per_ray, n_uniform)
+                         : at::where(counts > 0, n_per_ray, at::zeros_like(n_per_ray)).clamp_min(0);
   const auto e_counts = at::where(n > 0, n + 1, at::zeros_like(n));
   const auto s_packed = at::stack({n.cumsum(0) - n, n}, -1).contiguous();
   const auto e_packed = at::stack({e_counts.cumsum(0) - e_counts, e_counts}, -1).contiguous();
-  const int64_t n_samples = n_rays > 0 ? n.sum().item<int64_t>() : 0;
-  const int64_t n_edges = n_rays > 0 ? e_counts.sum().item<int64_t>() : 0;
-  auto samples = at::empty({n_samples}, edge_vals.options());
-  auto edges = at::empty({n_edges}, edge_vals.options());
+  const int64_t n_samples = uniform ? n_rays * n_uniform : (n_rays > 0 ? n.sum().item<int64_t>() : 0);
+  const int64_t n_edges =
+      uniform ? (n_uniform > 0 ? n_rays * (n_uniform + 1) : 0) : (n_rays > 0 ? e_counts.sum().item<int64_t>() : 0);
+  auto samples = uniform ? at::zeros({n_samples}, edge_vals.options()) : at::empty({n_samples}, edge_vals.options());
+  auto edges = uniform ? at::zeros({n_edges}, edge_vals.options()) : at::empty({n_edges}, edge_vals.options());
   const auto bias_c = bias.to(edge_vals.scalar_type()).contiguous();
   const int64_t* pi = packed_info.data_ptr<int64_t>();
   const int64_t* sp = s_packed.data_ptr<int64_t>();

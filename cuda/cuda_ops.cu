@@ -54,22 +54,7 @@ __global__ void ray_aabb_kernel(const T* o, const T* d, const T* boxes, int64_t 
   }
 }
 
-// Count (ends == nullptr) or fill: ONE kernel, so both passes run the same instructions of traverse_ray; the
-// fill's stores are bounded by the ray's slot range [ends[r] - counts[r], ends[r]).
-template <typename T>
-__global__ void __launch_bounds__(256) traverse_kernel(const T* o, const T* d, const T* nearp, const T* farp,
-                                                       TravGrid<T> grid, T step, T cone, int64_t n,
-                                                       const int64_t* ends, int64_t* counts, int64_t* rays, T* t0,
-                                                       T* t1) {
-  NA_GRID_LOOP(r, n) {
-    const bool write = ends != nullptr;
-    if (write && counts[r] == 0) continue;
-    SlotEmit<T> emit{rays, t0, t1, write ? ends[r] - counts[r] : 0, write ? ends[r] : 0, r, write};
-    NoStats stats;
-    const int64_t kept = traverse_ray(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step, cone, emit, stats);
-    if (!write) counts[r] = kept;
-  }
-}
+// traverse_kernel (count and fill passes): cuda/include/nerfaccel/traverse.h.
 
 template <typename T>
 __global__ void scan_fwd_kernel(const T* x, const int64_t* pi, int64_t n_rays, bool prod, bool exclusive, T* y) {
@@ -521,7 +506,7 @@ Tensors2 searchsorted(const Tensor& sorted_vals, const Tensor& sorted_packed_inf
 }
 
 Tensors4 importance_sampling(const Tensor& edge_vals, const Tensor& cdfs, const Tensor& packed_info,
-                             const Tensor& n_per_ray, const Tensor& bias) {
+                             const Tensor& n_per_ray, const Tensor& bias, int64_t n_uniform) {
   const auto dev = edge_vals.device();
   check_float(edge_vals, "edge_vals", dev);
   check_dim(edge_vals, "edge_vals", 1);
@@ -535,14 +520,19 @@ Tensors4 importance_sampling(const Tensor& edge_vals, const Tensor& cdfs, const 
   check_flat(bias, "bias", n_rays);
   const c10::cuda::CUDAGuard guard(dev);
   const auto counts = packed_info.select(1, 1);
-  const auto n = at::where(counts > 0, n_per_ray, at::zeros_like(n_per_ray)).clamp_min(0);
+  // n_uniform >= 0: the caller promises every ray has edges and n_per_ray == n_uniform (batched layout), so the
+  // sizes are known on the host (no device sync); a ray without edges (value checks off) then keeps zeros.
+  const bool uniform = n_uniform >= 0;
+  const auto n = uniform ? at::full_like(n_per_ray, n_uniform)
+                         : at::where(counts > 0, n_per_ray, at::zeros_like(n_per_ray)).clamp_min(0);
   const auto e_counts = at::where(n > 0, n + 1, at::zeros_like(n));
   const auto s_packed = at::stack({n.cumsum(0) - n, n}, -1).contiguous();
   const auto e_packed = at::stack({e_counts.cumsum(0) - e_counts, e_counts}, -1).contiguous();
-  const int64_t n_samples = n_rays > 0 ? n.sum().item<int64_t>() : 0;
-  const int64_t n_edges = n_rays > 0 ? e_counts.sum().item<int64_t>() : 0;
-  auto samples = at::empty({n_samples}, edge_vals.options());
-  auto edges = at::empty({n_edges}, edge_vals.options());
+  const int64_t n_samples = uniform ? n_rays * n_uniform : (n_rays > 0 ? n.sum().item<int64_t>() : 0);
+  const int64_t n_edges =
+      uniform ? (n_uniform > 0 ? n_rays * (n_uniform + 1) : 0) : (n_rays > 0 ? e_counts.sum().item<int64_t>() : 0);
+  auto samples = uniform ? at::zeros({n_samples}, edge_vals.options()) : at::empty({n_samples}, edge_vals.options());
+  auto edges = uniform ? at::zeros({n_edges}, edge_vals.options()) : at::empty({n_edges}, edge_vals.options());
   const auto bias_c = bias.to(edge_vals.scalar_type()).contiguous();
   AT_DISPATCH_FLOATING_TYPES(edge_vals.scalar_type(), "importance_sampling", [&] {
     NA_LAUNCH(importance_kernel<scalar_t>, n_rays, edge_vals.data_ptr<scalar_t>(), cdfs.data_ptr<scalar_t>(),
@@ -589,11 +579,8 @@ Tensor grid_ema_update(const Tensor& occs, const Tensor& cell_ids, const Tensor&
   const auto vals = values.to(occs.scalar_type()).contiguous();
   auto out = occs.clone();
   const int64_t k = cell_ids.size(0), c = occs.size(0);
-  if (k > 0) {
-    const auto mm = at::stack({cell_ids.min(), cell_ids.max()}).cpu();
-    TORCH_CHECK_VALUE(mm[0].item<int64_t>() >= 0 && mm[1].item<int64_t>() < c, "nerfaccel: cell_ids",
-                      first_outside(cell_ids, c), " is outside [0, ", c, ")");
-  }
+  // No host-side range check here (it would sync every grid update): the kernels skip out-of-range ids, and the
+  // Python op checks the range when the value checks are on (nerfaccel_plugin/_ext/ops.py::_grid_ema_update).
   AT_DISPATCH_FLOATING_TYPES(occs.scalar_type(), "grid_ema_update", [&] {
     NA_LAUNCH(ema_decay_kernel<scalar_t>, k, occs.data_ptr<scalar_t>(), cell_ids.data_ptr<int64_t>(), k, c,
               static_cast<scalar_t>(ema_decay), out.data_ptr<scalar_t>());

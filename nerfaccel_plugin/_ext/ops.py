@@ -280,15 +280,19 @@ def _(sorted_vals, sorted_packed_info, query_vals, query_packed_info):
 
 @torch.library.custom_op(f"{_NS}::importance_sampling", mutates_args=(), device_types=_DEVICES)
 def importance_sampling(
-    edge_vals: Tensor, cdfs: Tensor, packed_info: Tensor, n_per_ray: Tensor, bias: Tensor
+    edge_vals: Tensor, cdfs: Tensor, packed_info: Tensor, n_per_ray: Tensor, bias: Tensor, n_uniform: int = -1
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return tuple(_ext(edge_vals).importance_sampling(edge_vals, cdfs, packed_info, n_per_ray, bias))
+    return tuple(_ext(edge_vals).importance_sampling(edge_vals, cdfs, packed_info, n_per_ray, bias, n_uniform))
 
 
 @importance_sampling.register_fake
-def _(edge_vals, cdfs, packed_info, n_per_ray, bias):
-    ctx = torch.library.get_ctx()
-    n_samples, n_edges = ctx.new_dynamic_size(), ctx.new_dynamic_size()
+def _(edge_vals, cdfs, packed_info, n_per_ray, bias, n_uniform=-1):
+    if n_uniform >= 0:  # batched layout: sizes known on the host
+        n_rays = packed_info.shape[0]
+        n_samples, n_edges = n_rays * n_uniform, (n_rays * (n_uniform + 1) if n_uniform > 0 else 0)
+    else:
+        ctx = torch.library.get_ctx()
+        n_samples, n_edges = ctx.new_dynamic_size(), ctx.new_dynamic_size()
     return (
         edge_vals.new_empty((n_samples,)),
         torch.empty_like(packed_info),
@@ -590,10 +594,10 @@ def _searchsorted(sorted_vals, sorted_packed_info, query_vals, query_packed_info
     )
 
 
-def _importance_sampling(edge_vals, cdfs, packed_info, n_per_ray, bias):
+def _importance_sampling(edge_vals, cdfs, packed_info, n_per_ray, bias, n_uniform=-1):
     dt = _common(edge_vals, cdfs)
     return torch.ops.nerfaccel.importance_sampling(
-        _f(edge_vals, dt), _f(cdfs, dt), _i(packed_info), _i(n_per_ray), _f(bias, dt)
+        _f(edge_vals, dt), _f(cdfs, dt), _i(packed_info), _i(n_per_ray), _f(bias, dt), int(n_uniform)
     )
 
 
@@ -612,6 +616,15 @@ def _uncontract(y, aabb, ord):
 
 
 def _grid_ema_update(occs, cell_ids, values, ema_decay):
+    # The CUDA kernels skip out-of-range ids (they never write out of bounds); the range check reads the ids, a
+    # host sync, so it runs here with the value checks only (the CPU build always checks, for free).
+    from .._validation import value_checks_enabled
+
+    if cell_ids.is_cuda and cell_ids.numel() and value_checks_enabled():
+        bad = torch.nonzero((cell_ids < 0) | (cell_ids >= occs.shape[0]))
+        if bad.shape[0]:
+            i = int(bad[0, 0])
+            raise ValueError(f"nerfaccel: cell_ids[{i}] = {int(cell_ids[i])} is outside [0, {occs.shape[0]})")
     return torch.ops.nerfaccel.grid_ema_update(_f(occs), _i(cell_ids), _f(values), float(ema_decay))
 
 

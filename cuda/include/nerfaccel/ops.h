@@ -50,7 +50,7 @@ Tensors2 accumulate_bwd(const Tensor& grad_out, const Tensor& weights, const std
 Tensors2 searchsorted(const Tensor& sorted_vals, const Tensor& sorted_packed_info, const Tensor& query_vals,
                       const Tensor& query_packed_info);
 Tensors4 importance_sampling(const Tensor& edge_vals, const Tensor& cdfs, const Tensor& packed_info,
-                             const Tensor& n_per_ray, const Tensor& bias);
+                             const Tensor& n_per_ray, const Tensor& bias, int64_t n_uniform);
 Tensor contract_fwd(const Tensor& x, const Tensor& aabb, bool linf, bool inverse);
 Tensor contract_bwd(const Tensor& grad_out, const Tensor& x, const Tensor& aabb, bool linf, bool inverse);
 // Hash encoding (CPU build only for now): x [n, 3], table [levels * table_size, F], scales [levels].

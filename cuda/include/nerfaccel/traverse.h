@@ -24,6 +24,19 @@ NA_NAMESPACE_BEGIN
 
 NA_HD float na_floor(float x) { return floorf(x); }
 NA_HD double na_floor(double x) { return floor(x); }
+
+// floor() of a cell coordinate: exact, and inline on the host (where floor is a libm call without SSE4.1):
+// truncation toward zero, corrected for negative non-integers, for |x| < 2^30; floor() beyond (and for NaN).
+template <typename T>
+NA_HD T cell_floor(T x) {
+#if defined(__CUDA_ARCH__)
+  return na_floor(x);
+#else
+  if (!(x > T(-1073741824) && x < T(1073741824))) return na_floor(x);
+  const T t = static_cast<T>(static_cast<int32_t>(x));
+  return t > x ? t - T(1) : t;
+#endif
+}
 NA_HD float na_ceil(float x) { return ceilf(x); }
 NA_HD double na_ceil(double x) { return ceil(x); }
 NA_HD float na_log(float x) { return logf(x); }
@@ -44,13 +57,16 @@ struct TravEps<double> {
   static NA_HD double value() { return 1.1102230246251565e-16; }  // 2^-53
 };
 
+// Lattice indices are int32 and capped at kMaxLatticeIndex (2^30 steps along one ray: far beyond any real march).
+constexpr int32_t kMaxLatticeIndex = 1 << 30;
+
 // t_k = near + k step while below step / cone (the first n_uniform steps), then t_K (1 + cone)^(k - K).
 // float32: (1 + cone)^j is taken as exp(j log1p(cone)) (relative error ~ (2 j log1p(cone) + 2) ulp, no drift
 // with j); float64 keeps pow, as the reference does.
 template <typename T>
 struct TravLattice {
   T near, step, cone, t_K, log1p_cone;
-  int64_t n_uniform;
+  int32_t n_uniform;
 
   NA_HD TravLattice(T near_, T step_, T cone_) : near(near_), step(step_), cone(cone_) {
     n_uniform = 0;
@@ -59,15 +75,15 @@ struct TravLattice {
     if (cone > T(0)) {
       const T thresh = step / cone;
       const T nu = na_max(na_ceil((thresh - near) / step), T(0));
-      n_uniform = na_isfinite(nu) ? static_cast<int64_t>(na_min(nu, T(4.0e15))) : 0;
+      n_uniform = na_isfinite(nu) ? static_cast<int32_t>(na_min(nu, T(kMaxLatticeIndex))) : 0;
       t_K = near + static_cast<T>(n_uniform) * step;
       log1p_cone = na_log1p(cone);
     }
   }
 
-  NA_HD T geom(int64_t extra) const;
+  NA_HD T geom(int32_t extra) const;
 
-  NA_HD T t(int64_t k) const {
+  NA_HD T t(int32_t k) const {
     if (!(cone > T(0)) || k <= n_uniform) return near + static_cast<T>(k) * step;
     return t_K * geom(k - n_uniform);
   }
@@ -78,13 +94,13 @@ struct TravLattice {
     return static_cast<T>(n_uniform) + na_log(na_max(tv / t_K, T(1e-30))) / log1p_cone;
   }
 
-  NA_HD T mid(int64_t k) const { return T(0.5) * (t(k) + t(k + 1)); }
+  NA_HD T mid(int32_t k) const { return T(0.5) * (t(k) + t(k + 1)); }
 
   // Smallest k >= 0 with mid(k) >= bound (evaluated in T).
-  NA_HD int64_t first_mid_at_or_after(T bound) const {
+  NA_HD int32_t first_mid_at_or_after(T bound) const {
     T kf = na_floor(k_of(bound)) - T(1);
-    int64_t k = 0;
-    if (kf > T(0) && na_isfinite(kf)) k = static_cast<int64_t>(na_min(kf, T(4.0e15)));
+    int32_t k = 0;
+    if (kf > T(0) && na_isfinite(kf)) k = static_cast<int32_t>(na_min(kf, T(kMaxLatticeIndex)));
     for (int it = 0; it < 64 && mid(k) < bound; ++it) ++k;
     for (int it = 0; it < 64 && k > 0 && mid(k - 1) >= bound; ++it) --k;
     return k;
@@ -92,11 +108,11 @@ struct TravLattice {
 };
 
 template <>
-NA_HD float TravLattice<float>::geom(int64_t extra) const {
+NA_HD float TravLattice<float>::geom(int32_t extra) const {
   return expf(static_cast<float>(extra) * log1p_cone);
 }
 template <>
-NA_HD double TravLattice<double>::geom(int64_t extra) const {
+NA_HD double TravLattice<double>::geom(int32_t extra) const {
   return pow(1.0 + cone, static_cast<double>(extra));
 }
 
@@ -107,9 +123,9 @@ struct TravGrid {
   const T* aabbs;        // [levels, 6]
   int32_t levels, res[3];
 
-  NA_HD bool cell(int32_t l, const int32_t* i) const {
-    return binaries[static_cast<int64_t>(l) * res[0] * res[1] * res[2] +
-                    (static_cast<int64_t>(i[0]) * res[1] + i[1]) * res[2] + i[2]];
+  NA_HD bool cell(int32_t l, int32_t i, int32_t j, int32_t k) const {
+    return binaries[static_cast<int64_t>(l) * res[0] * res[1] * res[2] + (static_cast<int64_t>(i) * res[1] + j) * res[2] +
+                    k];
   }
 
   // Lowest-index level whose box holds x (returns -1 for none) and x's cell in it, as the reference computes it:
@@ -119,7 +135,7 @@ struct TravGrid {
       const T* box = aabbs + 6 * l;
       bool inside = true;
       for (int a = 0; a < 3; ++a) {
-        const T f = na_floor((x[a] - box[a]) / (box[a + 3] - box[a]) * static_cast<T>(res[a]));
+        const T f = cell_floor((x[a] - box[a]) / (box[a + 3] - box[a]) * static_cast<T>(res[a]));
         if (!(f >= T(0) && f < static_cast<T>(res[a]))) {
           inside = false;
           break;
@@ -177,41 +193,52 @@ NA_HD T empty_run_end(const T* o, const T* d, T m, const TravGrid<T>& grid, int3
       margin = skip_margin(t_in, o[a_in], d[a_in], p, box[a_in + 3] - box[a_in]);
     }
   }
-  // DDA over the cells of level lvl.
+  // DDA over the cells of level lvl. Scalars per axis (no arrays indexed by a runtime axis: on the GPU those would
+  // live in local memory).
   const T* box = grid.aabbs + 6 * lvl;
-  int32_t i[3] = {idx[0], idx[1], idx[2]};
-  T cs[3], t_next[3];
-  for (int a = 0; a < 3; ++a) {
-    cs[a] = (box[a + 3] - box[a]) / static_cast<T>(grid.res[a]);
-    if (d[a] == T(0)) {
-      t_next[a] = na_inf<T>();
-    } else {
-      const T p = box[a] + static_cast<T>(i[a] + (d[a] > T(0) ? 1 : 0)) * cs[a];
-      t_next[a] = (p - o[a]) / d[a];
-    }
-  }
+  int32_t ix = idx[0], iy = idx[1], iz = idx[2];
+  const T csx = (box[3] - box[0]) / static_cast<T>(grid.res[0]);
+  const T csy = (box[4] - box[1]) / static_cast<T>(grid.res[1]);
+  const T csz = (box[5] - box[2]) / static_cast<T>(grid.res[2]);
+  // The plane through which the ray leaves cell i along axis a, and where.
+  auto plane = [&](int a, int32_t i, T cs) { return box[a] + static_cast<T>(i + (d[a] > T(0) ? 1 : 0)) * cs; };
+  // 1 / d_a once (a multiply per step instead of a divide; its extra ulp is inside the margin).
+  const T inv0 = T(1) / d[0], inv1 = T(1) / d[1], inv2 = T(1) / d[2];
+  auto cross = [&](int a, int32_t i, T cs) {
+    const T inv = a == 0 ? inv0 : (a == 1 ? inv1 : inv2);
+    return d[a] == T(0) ? na_inf<T>() : (plane(a, i, cs) - o[a]) * inv;
+  };
+  T tnx = cross(0, ix, csx), tny = cross(1, iy, csy), tnz = cross(2, iz, csz);
   const int32_t max_steps = grid.res[0] + grid.res[1] + grid.res[2] + 3;
   for (int32_t s = 0; s < max_steps; ++s) {
     int a = 0;
-    if (t_next[1] < t_next[a]) a = 1;
-    if (t_next[2] < t_next[a]) a = 2;
-    const T t_c = t_next[a];
+    T t_c = tnx;
+    if (tny < t_c) {
+      a = 1;
+      t_c = tny;
+    }
+    if (tnz < t_c) {
+      a = 2;
+      t_c = tnz;
+    }
     if (!(t_c < t_end)) break;  // the run reaches t_end (also catches NaN)
-    // Leaving cell i through the plane of axis a at t_c.
-    const T p = box[a] + static_cast<T>(i[a] + (d[a] > T(0) ? 1 : 0)) * cs[a];
-    const T m_c = skip_margin(t_c, o[a], d[a], p, box[a + 3] - box[a]);
-    i[a] += d[a] > T(0) ? 1 : -1;
-    if (i[a] < 0 || i[a] >= grid.res[a] || grid.cell(lvl, i)) {
+    // Leaving the cell through the plane of axis a at t_c.
+    const T cs = a == 0 ? csx : (a == 1 ? csy : csz);
+    const int32_t i_a = a == 0 ? ix : (a == 1 ? iy : iz);
+    const int32_t i_next = i_a + (d[a] > T(0) ? 1 : -1);
+    const int32_t res_a = a == 0 ? grid.res[0] : (a == 1 ? grid.res[1] : grid.res[2]);
+    if (a == 0) ix = i_next;
+    if (a == 1) iy = i_next;
+    if (a == 2) iz = i_next;
+    if (i_next < 0 || i_next >= res_a || grid.cell(lvl, ix, iy, iz) || s + 1 == max_steps) {
       t_end = t_c;
-      margin = m_c;
+      margin = skip_margin(t_c, o[a], d[a], plane(a, i_a, cs), box[a + 3] - box[a]);
       break;
     }
-    const T p_next = box[a] + static_cast<T>(i[a] + (d[a] > T(0) ? 1 : 0)) * cs[a];
-    t_next[a] = (p_next - o[a]) / d[a];
-    if (s + 1 == max_steps) {  // cannot happen for a straight line; stay safe
-      t_end = t_c;
-      margin = m_c;
-    }
+    const T t_n = cross(a, i_next, cs);
+    if (a == 0) tnx = t_n;
+    if (a == 1) tny = t_n;
+    if (a == 2) tnz = t_n;
   }
   return t_end - margin;
 }
@@ -246,9 +273,9 @@ struct VisitStats {
 };
 
 // Marches one ray; calls emit(t0, t1) for each kept sample, in order, and stats.visit() for every lattice point
-// evaluated. Returns the number kept.
+// evaluated.
 template <typename T, typename Emit, typename Stats>
-NA_HD int64_t traverse_ray(const T* o, const T* d, T near, T far, const TravGrid<T>& grid, T step_size, T cone_angle,
+NA_HD void traverse_ray(const T* o, const T* d, T near, T far, const TravGrid<T>& grid, T step_size, T cone_angle,
                            Emit& emit, Stats& stats) {
   T lo = na_inf<T>(), hi = -na_inf<T>();
   for (int32_t l = 0; l < grid.levels; ++l) {
@@ -276,11 +303,10 @@ NA_HD int64_t traverse_ray(const T* o, const T* d, T near, T far, const TravGrid
   }
   lo = nan_max(lo, near);
   hi = nan_min(hi, far);
-  if (!(na_isfinite(lo) && hi > lo)) return 0;
+  if (!(na_isfinite(lo) && hi > lo)) return;
   const TravLattice<T> lat(near, step_size, cone_angle);
-  int64_t k = lat.first_mid_at_or_after(lo);
-  const int64_t k_hi = lat.first_mid_at_or_after(hi);
-  int64_t kept = 0;
+  int32_t k = lat.first_mid_at_or_after(lo);
+  const int32_t k_hi = lat.first_mid_at_or_after(hi);
   while (k < k_hi) {
     stats.visit();
     const T t0 = lat.t(k);
@@ -298,17 +324,37 @@ NA_HD int64_t traverse_ray(const T* o, const T* d, T near, T far, const TravGrid
       ++k;
       continue;
     }
-    if (grid.cell(lvl, idx)) {
+    if (grid.cell(lvl, idx[0], idx[1], idx[2])) {
       emit(t0, t1);
-      ++kept;
       ++k;
       continue;
     }
     const T t_resume = empty_run_end(o, d, m, grid, lvl, idx, hi);
-    const int64_t k_next = t_resume > m ? lat.first_mid_at_or_after(t_resume) : k + 1;
+    const int32_t k_next = t_resume > m ? lat.first_mid_at_or_after(t_resume) : k + 1;
     k = k_next > k ? k_next : k + 1;
   }
-  return kept;
 }
+
+#if defined(__CUDACC__)
+// One thread per ray. Count pass (ends == nullptr): counts[r] = samples of ray r. Fill pass: writes them into
+// [ends[r] - counts[r], ends[r]). ONE kernel, so both passes run the same instructions of traverse_ray; the fill's
+// stores are bounded by the ray's slot range. Compiled on its own by .ci/check_traverse_regs.sh (registers).
+// __launch_bounds__(256, 4): at most 64 registers per thread (4 blocks of 256 threads per SM).
+template <typename T>
+__global__ void __launch_bounds__(256, 4) traverse_kernel(const T* o, const T* d, const T* nearp, const T* farp,
+                                                       TravGrid<T> grid, T step, T cone, int64_t n,
+                                                       const int64_t* ends, int64_t* counts, int64_t* rays, T* t0,
+                                                       T* t1) {
+  for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < n;
+       r += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    const bool write = ends != nullptr;
+    if (write && counts[r] == 0) continue;
+    SlotEmit<T> emit{rays, t0, t1, write ? ends[r] - counts[r] : 0, write ? ends[r] : 0, r, write};
+    NoStats stats;
+    traverse_ray(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step, cone, emit, stats);
+    if (!write) counts[r] = emit.pos;  // the count pass starts at slot 0
+  }
+}
+#endif
 
 NA_NAMESPACE_END
