@@ -27,8 +27,16 @@ import sys
 from pathlib import Path
 
 # float32 instantiations that must be FP64-free (the scans/rendering/accumulation kernels move to Triton).
-HOT = ("traverse_kernel", "importance_kernel", "searchsorted_kernel", "ema_max_kernel", "ema_decay_kernel",
-       "contract_kernel", "ray_aabb_kernel")  # fmt: skip
+HOT = (
+    "traverse_kernel",
+    "importance_samples_kernel",
+    "importance_edges_kernel",
+    "searchsorted_kernel",
+    "ema_max_kernel",
+    "ema_decay_kernel",
+    "contract_kernel",
+    "ray_aabb_kernel",
+)
 REG_LIMITED = ("traverse_kernel",)
 MAX_REGS = 64
 FP64 = re.compile(
