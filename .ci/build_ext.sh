@@ -4,7 +4,9 @@
 #  1. compile the CPU extension (system C++ compiler) from scratch into the extension cache and import it;
 #  2. test it against the pure-PyTorch reference (parity, gradcheck, opcheck, torch.compile, build machinery);
 #  3. compile + link the CUDA extension with nvcc for one architecture and import it (no GPU needed:
-#     importing only needs libcudart). Skipped with a notice when there is no nvcc / CUDA torch.
+#     importing only needs libcudart), then count FP64 instructions / registers of its float32 hot kernels
+#     (.ci/check_sass.py, when cuobjdump is on PATH). Skipped with a notice when there is no nvcc / CUDA torch.
+#  4. ptxas registers / spills of the traversal kernel for sm_80/86/89/90 (.ci/check_traverse_regs.sh, nvcc only).
 # The builds go to the normal cache (~/.cache/nerfaccel/ext or $NERFACCEL_EXT_DIR), so the full test
 # run afterwards finds them. NERFACCEL_CI_FORCE=0 reuses cached builds instead of recompiling.
 set -euo pipefail
@@ -33,7 +35,27 @@ if python -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" \
   t=$(date +%s)
   python -m nerfaccel_plugin._ext.cli --cuda --arch "$ARCH" --import --quiet "${FORCE[@]}"
   cuda_s=$(( $(date +%s) - t ))s
+  stamp "CUDA extension: FP64 instructions and registers of the float32 hot kernels (cuobjdump)"
+  if ! command -v cuobjdump >/dev/null 2>&1 && [ ! -x "${CUDA_HOME:-/usr/local/cuda}/bin/cuobjdump" ]; then
+    # PyPI's CUDA 13 wheels (a few MB); unpacked, not installed. Skipped quietly without a registry.
+    tools=$(mktemp -d)
+    if python -m pip download -q --no-deps -d "$tools" "nvidia-cuda-cuobjdump>=13,<14" "nvidia-cuda-nvdisasm>=13,<14" \
+         >/dev/null 2>&1; then
+      for w in "$tools"/*.whl; do python -m zipfile -e "$w" "$tools/x"; done
+      chmod +x "$tools"/x/nvidia/cu13/bin/* 2>/dev/null || true
+      export PATH="$tools/x/nvidia/cu13/bin:$PATH"
+    fi
+  fi
+  [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/cuobjdump" ] && export PATH="$PATH:${CUDA_HOME:-/usr/local/cuda}/bin"
+  # exit 2 = no cuobjdump / no extension: a notice, not a failure; 1 = FP64 or register violation: fails
+  rc=0
+  python .ci/check_sass.py || rc=$?
+  [ "$rc" = 0 ] || [ "$rc" = 2 ] || exit "$rc"
 else
   echo "notice: no nvcc or a CPU-only torch: the CUDA extension build is skipped"
+fi
+if [ -n "${CUDA_HOME:-}" ] || command -v nvcc >/dev/null 2>&1; then
+  stamp "traversal kernel: ptxas registers / spills for sm_80/86/89/90"
+  .ci/check_traverse_regs.sh
 fi
 stamp "done (CPU build ${cpu_s}s, CUDA build ${cuda_s})"
