@@ -5,8 +5,9 @@ Disassembles the extension with ``cuobjdump -sass`` / ``-res-usage`` (CUDA 13 bi
 ``nvidia-cuda-cuobjdump`` and ``nvidia-cuda-nvdisasm`` wheels work where the toolkit lacks them), then:
 
 * counts FP64 instructions (``D*`` arithmetic, ``MUFU.*64*``, conversions to/from ``F64``) in every ``<float>``
-  instantiation of the kernels that stay in C++ (traversal, importance sampling, searchsorted, grid update,
-  contraction, ray/box intersection) and fails on any;
+  instantiation of the kernels of the CUDA build (cuda/gpu/*.cu and traverse.h: traversal, importance sampling,
+  searchsorted, grid update, contraction, ray/box intersection) and fails on any, and fails when one of them is
+  missing from the build (a renamed kernel must be renamed here too);
 * prints registers / stack / local memory per kernel (``-res-usage``) and fails when a traversal kernel uses more
   than 64 registers or local memory (spills).
 
@@ -20,13 +21,15 @@ Exit status 0 when clean, 1 on a violation, 2 when no extension or cuobjdump is 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-# float32 instantiations that must be FP64-free (the scans/rendering/accumulation kernels move to Triton).
+# float32 instantiations that must be FP64-free: every kernel of the CUDA build of the issue-11 layout (cuda/gpu/*.cu,
+# traverse.h). The scans/rendering/accumulation kernels are not C++ kernels any more (Triton serves them on CUDA).
 HOT = (
     "traverse_kernel",
     "importance_samples_kernel",
@@ -58,7 +61,15 @@ def find_tool(name: str) -> str | None:
             if cand.is_file():
                 return str(cand)
     cand = Path("/usr/local/cuda/bin") / name
-    return str(cand) if cand.is_file() else None
+    if cand.is_file():
+        return str(cand)
+    try:  # triton ships cuobjdump and nvdisasm with its NVIDIA backend
+        import triton
+
+        cand = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+        return str(cand) if cand.is_file() else None
+    except ImportError:
+        return None
 
 
 def default_extension() -> Path | None:
@@ -118,7 +129,11 @@ def main() -> int:
     if tool is None:
         print("check_sass: cuobjdump not found (pip download nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
         return 2
-    sass = subprocess.run([tool, "-sass", str(ext)], capture_output=True, text=True, check=True).stdout
+    nvdisasm = find_tool("nvdisasm")  # cuobjdump -sass runs nvdisasm from PATH
+    env = dict(os.environ)
+    if nvdisasm is not None:
+        env["PATH"] = f"{Path(nvdisasm).parent}{os.pathsep}{env.get('PATH', '')}"
+    sass = subprocess.run([tool, "-sass", str(ext)], capture_output=True, text=True, check=True, env=env).stdout
     res = subprocess.run([tool, "-res-usage", str(ext)], capture_output=True, text=True, check=True).stdout
     funcs, usage = parse_sass(sass), parse_res(res)
     if not funcs:
@@ -143,6 +158,9 @@ def main() -> int:
                 bad.append(f"{name}: {u['REG']} registers > {MAX_REGS}")
             if u.get("LOCAL", 0) > 0:
                 bad.append(f"{name}: {u['LOCAL']} bytes of local memory (spills)")
+    for h in HOT:
+        if f"{h}<float>" not in funcs:
+            bad.append(f"{h}<float>: not in the build (kernel renamed or removed? update HOT)")
     for b in bad:
         print(f"check_sass: FAIL {b}")
     if not bad:

@@ -10,7 +10,7 @@ With value checks off (the GPU default), real training steps of the methods (bui
 builds them, tiny settings, the embedded scene) may make from nerfaccel only:
 
 * ``nerfaccel-lego``: the culled-sample count in ``OccGridEstimator.sampling`` (one ``nonzero``; the traversal's
-  output size is read inside the C++ op, where this mode cannot see it: one ``.item`` in cuda_ops.cu);
+  output size is read inside the C++ op, where this mode cannot see it: one ``.item`` in cuda/gpu/grid.cu);
 * ``nerfaccel-360``: none.
 
 Nerfstudio's own syncs are listed (printed with ``-s``), not limited.

@@ -281,7 +281,7 @@ NA_HD void traverse_ray(const T* o, const T* d, T near, T far, const TravGrid<T>
   for (int32_t l = 0; l < grid.levels; ++l) {
     const T* box = grid.aabbs + 6 * l;
     T t_in = -na_inf<T>(), t_out = na_inf<T>();
-    for (int a = 0; a < 3; ++a) {  // slab_interval of math.h, inlined here so this header stands alone
+    for (int a = 0; a < 3; ++a) {  // slab_interval of geometry.h, inlined here so this header stands alone
       T near_ax, far_ax;
       if (d[a] == T(0)) {
         const bool inside = (o[a] >= box[a]) && (o[a] <= box[a + 3]);
