@@ -6,6 +6,7 @@
 # sm_80/86/89/90 into a fresh extension cache. No GPU needed (importing only loads libcudart).
 #   NERFACCEL_CI_CUDA_ARCHS   architectures (default "8.0;8.6;8.9;9.0")
 #   NERFACCEL_CI_SKIP_EXTRA=1 do not pip-install the extra (already installed)
+#   NERFACCEL_CI_CUDA_CACHE   build into this folder and keep it (default: a temporary folder, removed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ARCHS=${NERFACCEL_CI_CUDA_ARCHS:-8.0;8.6;8.9;9.0}
@@ -23,10 +24,12 @@ fi
 
 if [ "$(id -u)" = 0 ]; then UNSHARE=(unshare -m); else UNSHARE=(unshare -r -m); fi
 EMPTY=$(mktemp -d)
-CACHE=$(mktemp -d)
+# NERFACCEL_CI_CUDA_CACHE: keep the build there (for .ci/check_sass.py); default a temporary folder
+CACHE=${NERFACCEL_CI_CUDA_CACHE:-$(mktemp -d)}
+KEEP_CACHE=${NERFACCEL_CI_CUDA_CACHE:+1}
 EMPTY_FILE=$(mktemp)
 chmod 644 "$EMPTY_FILE"
-trap 'rm -rf "$EMPTY" "$CACHE" "$EMPTY_FILE"' EXIT
+trap 'rm -rf "$EMPTY" "$EMPTY_FILE"; [ -n "$KEEP_CACHE" ] || rm -rf "$CACHE"' EXIT
 HIDE=()
 for d in /usr/local/cuda /opt/cuda; do
   [ -e "$d" ] && HIDE+=("$(readlink -f "$d")")

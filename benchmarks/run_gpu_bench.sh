@@ -50,4 +50,7 @@ fi
 say "bench_ops --device cuda"
 $PY benchmarks/bench_ops.py --device cuda --repeat 10 --warmup 3 --out "$OUTDIR/ops-cuda.md" 2>&1 | tee -a "$LOG" \
     || say "bench_ops failed"
+say "bench_traversal --device cuda (vs nerfacc: cone 0 / 1 level, cone 1/256 / 4 levels)"
+$PY benchmarks/bench_traversal.py --device cuda --repeat 20 --out "$OUTDIR/traversal-cuda.md" 2>&1 | tee -a "$LOG" \
+    || say "bench_traversal failed"
 say "done"

@@ -38,6 +38,9 @@ SCHEMAS: dict[str, str] = {
     "traverse_grids": "(Tensor rays_o, Tensor rays_d, Tensor binaries, Tensor aabbs, Tensor near_planes, "
     "Tensor far_planes, float step_size, float cone_angle) -> (Tensor, Tensor, Tensor)",
     "grid_ema_update": "(Tensor occs, Tensor cell_ids, Tensor values, float ema_decay) -> Tensor",
+    # lattice points the march evaluates per ray (benchmarks; a kernel in the CPU build only, no reference)
+    "traverse_grids_visits": "(Tensor rays_o, Tensor rays_d, Tensor binaries, Tensor aabbs, Tensor near_planes, "
+    "Tensor far_planes, float step_size, float cone_angle) -> Tensor",
     # scan family
     "scan_fwd": "(Tensor inputs, Tensor? packed_info, bool prod, bool exclusive) -> Tensor",
     "scan_bwd": "(Tensor grad, Tensor inputs, Tensor outputs, Tensor? packed_info, bool prod, bool exclusive) "
@@ -57,8 +60,8 @@ SCHEMAS: dict[str, str] = {
     # pdf family
     "searchsorted": "(Tensor sorted_vals, Tensor sorted_packed_info, Tensor query_vals, Tensor query_packed_info) "
     "-> (Tensor, Tensor)",
-    "importance_sampling": "(Tensor edge_vals, Tensor cdfs, Tensor packed_info, Tensor n_per_ray, Tensor bias) "
-    "-> (Tensor, Tensor, Tensor, Tensor)",
+    "importance_sampling": "(Tensor edge_vals, Tensor cdfs, Tensor packed_info, Tensor n_per_ray, Tensor bias, "
+    "int n_uniform=-1) -> (Tensor, Tensor, Tensor, Tensor)",
     # contract family
     "contract_fwd": "(Tensor x, Tensor aabb, bool linf, bool inverse) -> Tensor",
     "contract_bwd": "(Tensor grad, Tensor x, Tensor aabb, bool linf, bool inverse) -> Tensor",
@@ -99,6 +102,11 @@ def _(rays_o, rays_d, binaries, aabbs, near_planes, far_planes, step_size, cone_
 @_fake("grid_ema_update")
 def _(occs, cell_ids, values, ema_decay):
     return torch.empty_like(occs)
+
+
+@_fake("traverse_grids_visits")
+def _(rays_o, rays_d, binaries, aabbs, near_planes, far_planes, step_size, cone_angle):
+    return rays_o.new_empty((rays_o.shape[0],), dtype=torch.long)
 
 
 @_fake("scan_fwd")
@@ -150,9 +158,13 @@ def _(sorted_vals, sorted_packed_info, query_vals, query_packed_info):
 
 
 @_fake("importance_sampling")
-def _(edge_vals, cdfs, packed_info, n_per_ray, bias):
-    ctx = torch.library.get_ctx()
-    n_samples, n_edges = ctx.new_dynamic_size(), ctx.new_dynamic_size()
+def _(edge_vals, cdfs, packed_info, n_per_ray, bias, n_uniform=-1):
+    if n_uniform >= 0:  # batched layout: sizes known on the host
+        n_rays = packed_info.shape[0]
+        n_samples, n_edges = n_rays * n_uniform, (n_rays * (n_uniform + 1) if n_uniform > 0 else 0)
+    else:
+        ctx = torch.library.get_ctx()
+        n_samples, n_edges = ctx.new_dynamic_size(), ctx.new_dynamic_size()
     return (
         edge_vals.new_empty((n_samples,)),
         torch.empty_like(packed_info),
@@ -530,10 +542,10 @@ def _searchsorted(sorted_vals, sorted_packed_info, query_vals, query_packed_info
 
 
 @_call("importance_sampling")
-def _importance_sampling(edge_vals, cdfs, packed_info, n_per_ray, bias):
+def _importance_sampling(edge_vals, cdfs, packed_info, n_per_ray, bias, n_uniform=-1):
     dt = _common(edge_vals, cdfs)
     return torch.ops.nerfaccel.importance_sampling(
-        _f(edge_vals, dt), _f(cdfs, dt), _i(packed_info), _i(n_per_ray), _f(bias, dt)
+        _f(edge_vals, dt), _f(cdfs, dt), _i(packed_info), _i(n_per_ray), _f(bias, dt), int(n_uniform)
     )
 
 
@@ -557,6 +569,15 @@ def _uncontract(y, aabb, ord):
 
 @_call("grid_ema_update")
 def _grid_ema_update(occs, cell_ids, values, ema_decay):
+    # The CUDA kernels skip out-of-range ids (they never write out of bounds); the range check reads the ids, a
+    # host sync, so it runs here with the value checks only (the CPU kernel always checks, for free).
+    from ._validation import value_checks_enabled
+
+    if cell_ids.is_cuda and cell_ids.numel() and value_checks_enabled():
+        bad = torch.nonzero((cell_ids < 0) | (cell_ids >= occs.shape[0]))
+        if bad.shape[0]:
+            i = int(bad[0, 0])
+            raise ValueError(f"nerfaccel: cell_ids[{i}] = {int(cell_ids[i])} is outside [0, {occs.shape[0]})")
     return torch.ops.nerfaccel.grid_ema_update(_f(occs), _i(cell_ids), _f(values), float(ema_decay))
 
 

@@ -480,8 +480,13 @@ def _importance_sampling(
     packed_info: Int[Tensor, "n_rays 2"],
     n_per_ray: Int[Tensor, " n_rays"],
     bias: Float[Tensor, " n_rays"],
+    n_uniform: int = -1,
 ) -> tuple[Float[Tensor, " s"], Int[Tensor, "n_rays 2"], Float[Tensor, " e2"], Int[Tensor, "n_rays 2"]]:
     """Inverse-transform sampling of piecewise-linear CDFs given at interval edges.
+
+    ``n_uniform >= 0`` is a promise by the caller that every ray has edges and ``n_per_ray == n_uniform``
+    (the batched layout): the compiled builds then size their outputs without reading the device (no host sync).
+    The result is the same.
 
     For ray ``r`` with edges ``t[b .. l]`` and CDF values ``c[b .. l]`` (non-decreasing) and
     ``n = n_per_ray[r]`` new intervals:

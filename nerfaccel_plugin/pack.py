@@ -35,12 +35,15 @@ def pack_info(ray_indices: Int[Tensor, " n_samples"], n_rays: Optional[int] = No
         n_rays = int(ray_indices.max().item()) + 1 if ray_indices.numel() > 0 else 0
     ray_indices = check.ray_indices(ray_indices, ray_indices.shape[0], n_rays)
     if ray_indices.numel():
-        counts = torch.bincount(ray_indices, minlength=n_rays)
-        # bincount's length (known on the host) exceeds n_rays only for out-of-range indices (possible with the
-        # value checks off); otherwise the chunks tile [0, n_samples) in order, which lets the CUDA density
-        # kernels skip their pass over samples outside every chunk.
-        tiles = counts.shape[0] == n_rays
-        counts = counts[:n_rays]
+        # Counts by index_add into n_rays + 1 bins, out-of-range indices (possible with the value checks off) going
+        # to the last one: no host sync (bincount syncs to size its output). The chunks are marked as tiling
+        # [0, n_samples) (which lets the CUDA density kernels skip their pass over samples outside every chunk) only
+        # when the value checks have verified the indices' range; marking needs a host-known answer.
+        idx = ray_indices.long()
+        bins = torch.where((idx >= 0) & (idx < n_rays), idx, torch.full_like(idx, n_rays))
+        counts = torch.zeros(n_rays + 1, dtype=torch.long, device=idx.device)
+        counts = counts.index_add_(0, bins, torch.ones_like(idx))[:n_rays]
+        tiles = check.value_checks_enabled()
     else:
         counts = torch.zeros(n_rays, dtype=torch.long, device=ray_indices.device)
         tiles = True

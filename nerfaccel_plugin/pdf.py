@@ -161,7 +161,7 @@ def importance_sampling(
         if int(n_intervals_per_ray) < 1:
             raise ValueError(f"`n_intervals_per_ray` must be >= 1, got {n_intervals_per_ray}.")
         batched_n = int(n_intervals_per_ray)
-        if n_rays > 0 and bool((info[:, 1] == 0).any()):
+        if check.value_checks_enabled() and n_rays > 0 and bool((info[:, 1] == 0).any()):
             raise ValueError(
                 "some rays have no edges, so an int `n_intervals_per_ray` cannot give a batched result; pass a "
                 "per-ray tensor (0 for those rays) instead."
@@ -174,14 +174,20 @@ def importance_sampling(
         else torch.full((n_rays,), 0.5, device=device, dtype=dtype)
     )
     samples, s_info, edges, e_info = dispatch("importance_sampling", device)(
-        vals.to(dtype).contiguous(), cdfs.reshape(-1).to(dtype).contiguous(), info, n_per_ray, bias
+        vals.to(dtype).contiguous(),
+        cdfs.reshape(-1).to(dtype).contiguous(),
+        info,
+        n_per_ray,
+        bias,
+        -1 if batched_n is None else batched_n,  # batched: output sizes known on the host (no sync)
     )
     if batched_n is not None:
         return RayIntervals(vals=edges.reshape(n_rays, batched_n + 1)), RaySamples(
             vals=samples.reshape(n_rays, batched_n)
         )
-    s_rays = torch.repeat_interleave(torch.arange(n_rays, device=device), s_info[:, 1])
-    e_rays = torch.repeat_interleave(torch.arange(n_rays, device=device), e_info[:, 1])
+    rays = torch.arange(n_rays, device=device)  # output_size: no host sync
+    s_rays = torch.repeat_interleave(rays, s_info[:, 1], output_size=samples.shape[0])
+    e_rays = torch.repeat_interleave(rays, e_info[:, 1], output_size=edges.shape[0])
     e_pos = torch.arange(e_rays.numel(), device=device) - e_info[e_rays, 0]
     is_left = e_pos < e_info[e_rays, 1] - 1
     is_right = e_pos > 0

@@ -75,7 +75,10 @@ def _random_rays(n, spread=0.6, origin_radius=3.0):
 def test_traverse_matches_per_ray_loop(cone, levels):
     rays_o, rays_d = _random_rays(24)
     rays_d[0] = torch.tensor([0.0, 0.0, 1.0])  # axis-parallel rays
-    rays_o[0] = torch.tensor([0.1, -0.2, -3.0])
+    # y = -0.23: off the cell planes. (y = -0.2 lies on the face between y cells 1 and 2 of this 5-cell axis, where
+    # float32 rounding of the lookup picks the cell for the whole ray; docs/traversal.md allows that difference and
+    # tests/test_traverse.py checks grazing rays under that tolerance.)
+    rays_o[0] = torch.tensor([0.1, -0.23, -3.0])
     rays_d[1] = torch.tensor([1.0, 0.0, 0.0])
     rays_o[1] = torch.tensor([-3.0, 5.0, 0.0])  # misses everything
     binaries = torch.rand(levels, 6, 5, 4) > 0.5

@@ -29,57 +29,98 @@ void ray_aabb_intersect_launch(const Tensor& rays_o, const Tensor& rays_d, const
 }
 
 namespace {
+// Appends a block's samples to its own buffers (the CPU march is single-pass: no count pass to disagree with).
+template <typename T>
 struct PushEmit {
   std::vector<int64_t>* rays;
-  std::vector<double>* t;  // t0, t1 interleaved
+  std::vector<T>* t;  // t0, t1 interleaved
   int64_t ray;
-  void operator()(double t0, double t1) {
+  void operator()(T t0, T t1) {
     rays->push_back(ray);
     t->push_back(t0);
     t->push_back(t1);
   }
 };
+
+template <typename T>
+TravGrid<T> trav_grid(const Tensor& binaries, const Tensor& aabbs) {
+  return TravGrid<T>{binaries.data_ptr<bool>(), aabbs.data_ptr<T>(), static_cast<int32_t>(binaries.size(0)),
+                     {static_cast<int32_t>(binaries.size(1)), static_cast<int32_t>(binaries.size(2)),
+                      static_cast<int32_t>(binaries.size(3))}};
+}
 }  // namespace
 
-Tensors3 traverse_grids_launch(const double* o, const double* d, const double* nearp, const double* farp,
-                               const GridStack& grid, int64_t n, double step_size, double cone_angle,
-                               const at::TensorOptions& out_opts) {
-  // Contiguous blocks of rays, each filling its own buffers; concatenating the blocks in order keeps
-  // the output sorted by ray.
-  const int64_t n_blocks = std::min<int64_t>(n, static_cast<int64_t>(n_threads()) * 16);
-  const int64_t per_block = (n + n_blocks - 1) / n_blocks;
-  std::vector<std::vector<int64_t>> block_rays(n_blocks);
-  std::vector<std::vector<double>> block_t(n_blocks);
-  parallel_blocks(n_blocks, n > 256, [&](int64_t blk) {
-    PushEmit emit{&block_rays[blk], &block_t[blk], 0};
-    const int64_t r1 = std::min(n, (blk + 1) * per_block);
-    for (int64_t r = blk * per_block; r < r1; ++r) {
-      emit.ray = r;
-      traverse_ray(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step_size, cone_angle, emit);
-    }
-  });
-  std::vector<int64_t> offsets(n_blocks + 1, 0);
-  for (int64_t blk = 0; blk < n_blocks; ++blk) offsets[blk + 1] = offsets[blk] + block_rays[blk].size();
-  const int64_t total = offsets[n_blocks];
-  auto ray_indices = at::empty({total}, out_opts.dtype(at::kLong));
-  auto t_starts = at::empty({total}, out_opts);
-  auto t_ends = at::empty({total}, out_opts);
-  AT_DISPATCH_FLOATING_TYPES(t_starts.scalar_type(), "traverse_grids", [&] {
+// One march per ray (traverse.h), in the rays' precision, single pass: contiguous blocks of rays each append to
+// their own buffers, concatenated in block order (output sorted by ray, then t).
+Tensors3 traverse_grids_launch(const Tensor& o_t, const Tensor& d_t, const Tensor& near_planes,
+                               const Tensor& far_planes, const Tensor& binaries, const Tensor& aabbs,
+                               double step_size, double cone_angle, const at::TensorOptions& out_opts) {
+  const int64_t n = o_t.size(0);
+  Tensor ray_indices, t_starts, t_ends;
+  AT_DISPATCH_FLOATING_TYPES(o_t.scalar_type(), "traverse_grids", [&] {
+    using T = scalar_t;
+    const TravGrid<T> grid = trav_grid<T>(binaries, aabbs);
+    const T* o = o_t.data_ptr<T>();
+    const T* d = d_t.data_ptr<T>();
+    const T* nearp = near_planes.data_ptr<T>();
+    const T* farp = far_planes.data_ptr<T>();
+    const T step = static_cast<T>(step_size), cone = static_cast<T>(cone_angle);
+    const int64_t n_blocks = std::min<int64_t>(n, static_cast<int64_t>(n_threads()) * 16);
+    const int64_t per_block = (n + n_blocks - 1) / n_blocks;
+    std::vector<std::vector<int64_t>> block_rays(n_blocks);
+    std::vector<std::vector<T>> block_t(n_blocks);
+    parallel_blocks(n_blocks, n > 256, [&](int64_t blk) {
+      PushEmit<T> emit{&block_rays[blk], &block_t[blk], 0};
+      NoStats stats;
+      const int64_t r1 = std::min(n, (blk + 1) * per_block);
+      for (int64_t r = blk * per_block; r < r1; ++r) {
+        emit.ray = r;
+        traverse_ray(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step, cone, emit, stats);
+      }
+    });
+    std::vector<int64_t> offsets(n_blocks + 1, 0);
+    for (int64_t blk = 0; blk < n_blocks; ++blk) offsets[blk + 1] = offsets[blk] + block_rays[blk].size();
+    const int64_t total = offsets[n_blocks];
+    ray_indices = at::empty({total}, out_opts.dtype(at::kLong));
+    t_starts = at::empty({total}, out_opts);
+    t_ends = at::empty({total}, out_opts);
     int64_t* ri = ray_indices.data_ptr<int64_t>();
-    scalar_t* ts = t_starts.data_ptr<scalar_t>();
-    scalar_t* te = t_ends.data_ptr<scalar_t>();
+    T* ts = t_starts.data_ptr<T>();
+    T* te = t_ends.data_ptr<T>();
     parallel_blocks(n_blocks, total > kParallelGrain, [&](int64_t blk) {
       const int64_t base = offsets[blk];
       const auto& rs = block_rays[blk];
       const auto& tv = block_t[blk];
       for (size_t i = 0; i < rs.size(); ++i) {
         ri[base + i] = rs[i];
-        ts[base + i] = static_cast<scalar_t>(tv[2 * i]);
-        te[base + i] = static_cast<scalar_t>(tv[2 * i + 1]);
+        ts[base + i] = tv[2 * i];
+        te[base + i] = tv[2 * i + 1];
       }
     });
   });
   return {ray_indices, t_starts, t_ends};
+}
+
+void traverse_grids_visits_launch(const Tensor& o_t, const Tensor& d_t, const Tensor& near_planes,
+                                  const Tensor& far_planes, const Tensor& binaries, const Tensor& aabbs,
+                                  double step_size, double cone_angle, Tensor& visits) {
+  const int64_t n = o_t.size(0);
+  int64_t* v = visits.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(o_t.scalar_type(), "traverse_grids_visits", [&] {
+    using T = scalar_t;
+    const TravGrid<T> grid = trav_grid<T>(binaries, aabbs);
+    const T* o = o_t.data_ptr<T>();
+    const T* d = d_t.data_ptr<T>();
+    const T* nearp = near_planes.data_ptr<T>();
+    const T* farp = far_planes.data_ptr<T>();
+    parallel_rays(n, [&](int64_t r) {
+      SlotEmit<T> emit{nullptr, nullptr, nullptr, 0, 0, r, false};  // count only
+      VisitStats stats;
+      traverse_ray(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, static_cast<T>(step_size),
+                   static_cast<T>(cone_angle), emit, stats);
+      v[r] = stats.visits;
+    });
+  });
 }
 
 void grid_ema_update_launch(const Tensor& occs, const Tensor& cell_ids, const Tensor& values, double ema_decay,

@@ -36,8 +36,9 @@ Tensors3 ray_aabb_intersect(const Tensor& rays_o, const Tensor& rays_d, const Te
   return {t_mins, t_maxs, hits};
 }
 
-Tensors3 traverse_grids(const Tensor& rays_o, const Tensor& rays_d, const Tensor& binaries, const Tensor& aabbs,
-                        const Tensor& near_planes, const Tensor& far_planes, double step_size, double cone_angle) {
+// Argument rules of traverse_grids (and of traverse_grids_visits), written once.
+void check_traverse(const Tensor& rays_o, const Tensor& rays_d, const Tensor& binaries, const Tensor& aabbs,
+                    const Tensor& near_planes, const Tensor& far_planes) {
   check_rays(rays_o, rays_d);
   const auto dev = rays_o.device();
   check_tensor(binaries, "binaries", dev);
@@ -50,23 +51,43 @@ Tensors3 traverse_grids(const Tensor& rays_o, const Tensor& rays_d, const Tensor
   check_float(far_planes, "far_planes", dev);
   check_flat(near_planes, "near_planes", rays_o.size(0));
   check_flat(far_planes, "far_planes", rays_o.size(0));
+  TORCH_CHECK_VALUE(binaries.size(1) < (1 << 30) && binaries.size(2) < (1 << 30) && binaries.size(3) < (1 << 30),
+                    "nerfaccel: traverse_grids: grid resolutions must be below 2^30 per axis, got ", binaries.sizes());
+}
+
+Tensors3 traverse_grids(const Tensor& rays_o, const Tensor& rays_d, const Tensor& binaries, const Tensor& aabbs,
+                        const Tensor& near_planes, const Tensor& far_planes, double step_size, double cone_angle) {
+  check_traverse(rays_o, rays_d, binaries, aabbs, near_planes, far_planes);
+  const auto dev = rays_o.device();
   const c10::OptionalDeviceGuard guard(dev);
   const int64_t n = rays_o.size(0);
   const auto out_opts = rays_o.options();
   if (n == 0 || binaries.numel() == 0) {
     return {at::empty({0}, out_opts.dtype(at::kLong)), at::empty({0}, out_opts), at::empty({0}, out_opts)};
   }
-  // Positions are computed in float64, exactly as the reference does.
-  const auto o64 = rays_o.to(at::kDouble).contiguous();
-  const auto d64 = rays_d.to(at::kDouble).contiguous();
-  const auto b64 = aabbs.to(at::kDouble).contiguous();
-  const auto near64 = near_planes.to(at::kDouble).contiguous();
-  const auto far64 = far_planes.to(at::kDouble).contiguous();
-  const GridStack grid{binaries.data_ptr<bool>(), b64.data_ptr<double>(), binaries.size(0), binaries.size(1),
-                       binaries.size(2), binaries.size(3)};
-  return traverse_grids_launch(o64.data_ptr<double>(), d64.data_ptr<double>(), near64.data_ptr<double>(),
-                               far64.data_ptr<double>(), grid, n, step_size, cone_angle, out_opts);
+  // The march runs in the rays' precision (float32 rays: no FP64 instruction; traverse.h).
+  const auto dt = rays_o.scalar_type();
+  return traverse_grids_launch(rays_o.contiguous(), rays_d.to(dt).contiguous(), near_planes.to(dt).contiguous(),
+                               far_planes.to(dt).contiguous(), binaries.contiguous(), aabbs.to(dt).contiguous(),
+                               step_size, cone_angle, out_opts);
 }
+
+#if !defined(NERFACCEL_WITH_CUDA)
+// Lattice points evaluated per ray by the march (benchmarks: work per emitted sample). CPU build only.
+Tensor traverse_grids_visits(const Tensor& rays_o, const Tensor& rays_d, const Tensor& binaries, const Tensor& aabbs,
+                             const Tensor& near_planes, const Tensor& far_planes, double step_size,
+                             double cone_angle) {
+  check_traverse(rays_o, rays_d, binaries, aabbs, near_planes, far_planes);
+  const int64_t n = rays_o.size(0);
+  auto visits = at::zeros({n}, rays_o.options().dtype(at::kLong));
+  if (n == 0 || binaries.numel() == 0) return visits;
+  const auto dt = rays_o.scalar_type();
+  traverse_grids_visits_launch(rays_o.contiguous(), rays_d.to(dt).contiguous(), near_planes.to(dt).contiguous(),
+                               far_planes.to(dt).contiguous(), binaries.contiguous(), aabbs.to(dt).contiguous(),
+                               step_size, cone_angle, visits);
+  return visits;
+}
+#endif
 
 Tensor grid_ema_update(const Tensor& occs, const Tensor& cell_ids, const Tensor& values, double ema_decay) {
   const auto dev = occs.device();
@@ -89,6 +110,9 @@ TORCH_LIBRARY_IMPL(nerfaccel, NA_DISPATCH_KEY, m) {
   m.impl("ray_aabb_intersect", &ray_aabb_intersect);
   m.impl("traverse_grids", &traverse_grids);
   m.impl("grid_ema_update", &grid_ema_update);
+#if !defined(NERFACCEL_WITH_CUDA)
+  m.impl("traverse_grids_visits", &traverse_grids_visits);
+#endif
 }
 
 NA_NAMESPACE_END

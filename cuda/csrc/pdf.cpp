@@ -35,7 +35,7 @@ std::tuple<Tensor, Tensor> searchsorted(const Tensor& sorted_vals, const Tensor&
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> importance_sampling(const Tensor& edge_vals, const Tensor& cdfs,
                                                                const Tensor& packed_info, const Tensor& n_per_ray,
-                                                               const Tensor& bias) {
+                                                               const Tensor& bias, int64_t n_uniform) {
   const auto dev = edge_vals.device();
   check_float(edge_vals, "edge_vals", dev);
   check_dim(edge_vals, "edge_vals", 1);
@@ -49,17 +49,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> importance_sampling(const Tensor& edg
   check_flat(bias, "bias", n_rays);
   const c10::OptionalDeviceGuard guard(dev);
   // Layout (cheap): rays with no edges or n = 0 produce nothing.
+  // n_uniform >= 0: the caller promises every ray has edges and n_per_ray == n_uniform (batched layout), so the
+  // sizes are known on the host (no device sync); a ray without edges (value checks off) then keeps zeros.
+  const bool uniform = n_uniform >= 0;
   const auto counts = packed_info.select(1, 1);
-  const auto n = at::where(counts > 0, n_per_ray, at::zeros_like(n_per_ray)).clamp_min(0);
+  const auto n = uniform ? at::full_like(n_per_ray, n_uniform)
+                         : at::where(counts > 0, n_per_ray, at::zeros_like(n_per_ray)).clamp_min(0);
   const auto e_counts = at::where(n > 0, n + 1, at::zeros_like(n));
   const auto s_packed = at::stack({n.cumsum(0) - n, n}, -1).contiguous();
   const auto e_packed = at::stack({e_counts.cumsum(0) - e_counts, e_counts}, -1).contiguous();
-  const int64_t n_samples = n_rays > 0 ? n.sum().item<int64_t>() : 0;
-  const int64_t n_edges = n_rays > 0 ? e_counts.sum().item<int64_t>() : 0;
-  auto samples = at::empty({n_samples}, edge_vals.options());
-  auto edges = at::empty({n_edges}, edge_vals.options());
+  const int64_t n_samples = uniform ? n_rays * n_uniform : (n_rays > 0 ? n.sum().item<int64_t>() : 0);
+  const int64_t n_edges =
+      uniform ? (n_uniform > 0 ? n_rays * (n_uniform + 1) : 0) : (n_rays > 0 ? e_counts.sum().item<int64_t>() : 0);
+  auto samples = uniform ? at::zeros({n_samples}, edge_vals.options()) : at::empty({n_samples}, edge_vals.options());
+  auto edges = uniform ? at::zeros({n_edges}, edge_vals.options()) : at::empty({n_edges}, edge_vals.options());
   const auto bias_c = bias.to(edge_vals.scalar_type()).contiguous();
-  if (n_rays > 0) {
+  if (n_rays > 0 && (n_samples > 0 || n_edges > 0)) {
     importance_sampling_launch(edge_vals, cdfs, packed_info, s_packed, e_packed, bias_c, samples, edges);
   }
   return {samples, s_packed, edges, e_packed};

@@ -1,5 +1,5 @@
 // CUDA launchers of the grid family (entry points: cuda/csrc/grid.cpp): one thread per (ray, box) pair, per ray
-// (traversal: a count pass, then a fill pass) or per cell id.
+// (traversal: one kernel for the count and the fill pass) or per cell id.
 #include <c10/cuda/CUDAGuard.h>
 
 #include "launch.cuh"
@@ -18,48 +18,7 @@ __global__ void ray_aabb_kernel(const T* o, const T* d, const T* boxes, int64_t 
   }
 }
 
-struct CountEmit {
-  NA_HD void operator()(double, double) {}
-};
-
-// Writes the ray's samples into its slots [pos, end). The count pass and this pass run the same double-precision
-// math (no FMA contraction, see build.py), so they emit the same samples; the bound keeps a ray from ever
-// writing into its neighbour's slots regardless.
-template <typename T>
-struct WriteEmit {
-  int64_t* rays;
-  T* t0;
-  T* t1;
-  index_t pos;
-  index_t end;
-  int64_t ray;
-  NA_HD void operator()(double a, double b) {
-    if (pos >= end) return;
-    rays[pos] = ray;
-    t0[pos] = static_cast<T>(a);
-    t1[pos] = static_cast<T>(b);
-    ++pos;
-  }
-};
-
-__global__ void traverse_count_kernel(const double* o, const double* d, const double* nearp, const double* farp,
-                                      GridStack grid, double step, double cone, int64_t n, int64_t* counts) {
-  NA_GRID_LOOP(r, n) {
-    CountEmit emit;
-    counts[r] = traverse_ray(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step, cone, emit);
-  }
-}
-
-template <typename T>
-__global__ void traverse_fill_kernel(const double* o, const double* d, const double* nearp, const double* farp,
-                                     GridStack grid, double step, double cone, int64_t n, const int64_t* ends,
-                                     const int64_t* counts, int64_t* rays, T* t0, T* t1) {
-  NA_GRID_LOOP(r, n) {
-    if (counts[r] == 0) continue;
-    WriteEmit<T> emit{rays, t0, t1, ends[r] - counts[r], ends[r], r};
-    traverse_ray(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step, cone, emit);
-  }
-}
+// traverse_kernel (count and fill passes share one kernel): cuda/include/nerfaccel/traverse.h.
 
 __device__ __forceinline__ void atomic_max(float* addr, float v) {
   int* a = reinterpret_cast<int*>(addr);
@@ -117,34 +76,43 @@ void ray_aabb_intersect_launch(const Tensor& rays_o, const Tensor& rays_d, const
   });
 }
 
-Tensors3 traverse_grids_launch(const double* o, const double* d, const double* nearp, const double* farp,
-                               const GridStack& grid, int64_t n, double step_size, double cone_angle,
+// One kernel for both passes (traverse_kernel, traverse.h): count, cumsum, the one host sync (the output size),
+// then fill with stores bounded by each ray's slot range.
+Tensors3 traverse_grids_launch(const Tensor& o, const Tensor& d, const Tensor& near_planes, const Tensor& far_planes,
+                               const Tensor& binaries, const Tensor& aabbs, double step_size, double cone_angle,
                                const at::TensorOptions& out_opts) {
+  const int64_t n = o.size(0);
   auto counts = at::empty({n}, out_opts.dtype(at::kLong));
-  NA_LAUNCH(traverse_count_kernel, n, o, d, nearp, farp, grid, step_size, cone_angle, n, counts.data_ptr<int64_t>());
-  const auto ends = counts.cumsum(0);
-  const int64_t total = ends[-1].item<int64_t>();
-  auto ray_indices = at::empty({total}, out_opts.dtype(at::kLong));
-  auto t_starts = at::empty({total}, out_opts);
-  auto t_ends = at::empty({total}, out_opts);
-  if (total > 0) {
-    AT_DISPATCH_FLOATING_TYPES(t_starts.scalar_type(), "traverse_grids", [&] {
-      NA_LAUNCH(traverse_fill_kernel<scalar_t>, n, o, d, nearp, farp, grid, step_size, cone_angle, n,
-                ends.data_ptr<int64_t>(), counts.data_ptr<int64_t>(), ray_indices.data_ptr<int64_t>(),
-                t_starts.data_ptr<scalar_t>(), t_ends.data_ptr<scalar_t>());
-    });
-  }
+  Tensor ray_indices, t_starts, t_ends;
+  AT_DISPATCH_FLOATING_TYPES(o.scalar_type(), "traverse_grids", [&] {
+    using T = scalar_t;
+    const TravGrid<T> grid{binaries.data_ptr<bool>(), aabbs.data_ptr<T>(), static_cast<int32_t>(binaries.size(0)),
+                           {static_cast<int32_t>(binaries.size(1)), static_cast<int32_t>(binaries.size(2)),
+                            static_cast<int32_t>(binaries.size(3))}};
+    const T step = static_cast<T>(step_size), cone = static_cast<T>(cone_angle);
+    NA_LAUNCH(traverse_kernel<T>, n, o.data_ptr<T>(), d.data_ptr<T>(), near_planes.data_ptr<T>(),
+              far_planes.data_ptr<T>(), grid, step, cone, n, static_cast<const int64_t*>(nullptr),
+              counts.data_ptr<int64_t>(), static_cast<int64_t*>(nullptr), static_cast<T*>(nullptr),
+              static_cast<T*>(nullptr));
+    const auto ends = counts.cumsum(0);
+    const int64_t total = ends[-1].item<int64_t>();  // the one host sync: the output size
+    ray_indices = at::empty({total}, out_opts.dtype(at::kLong));
+    t_starts = at::empty({total}, out_opts);
+    t_ends = at::empty({total}, out_opts);
+    if (total > 0) {
+      NA_LAUNCH(traverse_kernel<T>, n, o.data_ptr<T>(), d.data_ptr<T>(), near_planes.data_ptr<T>(),
+                far_planes.data_ptr<T>(), grid, step, cone, n, ends.data_ptr<int64_t>(), counts.data_ptr<int64_t>(),
+                ray_indices.data_ptr<int64_t>(), t_starts.data_ptr<T>(), t_ends.data_ptr<T>());
+    }
+  });
   return {ray_indices, t_starts, t_ends};
 }
 
 void grid_ema_update_launch(const Tensor& occs, const Tensor& cell_ids, const Tensor& values, double ema_decay,
                             Tensor& out) {
   const int64_t k = cell_ids.size(0), c = occs.size(0);
-  // Index range check on the host, as the CPU launcher does (one device sync): a kernel cannot raise, and an
-  // out-of-range index would otherwise be skipped on the GPU but an error on the CPU.
-  const auto mm = at::stack({cell_ids.min(), cell_ids.max()}).cpu();
-  TORCH_CHECK_VALUE(mm[0].item<int64_t>() >= 0 && mm[1].item<int64_t>() < c, "nerfaccel: cell_ids",
-                    first_outside(cell_ids, c), " is outside [0, ", c, ")");
+  // No host-side range check here (it would sync every grid update): the kernels skip out-of-range ids, and the
+  // Python kernel call checks the range when the value checks are on (nerfaccel_plugin/_ops.py::_grid_ema_update).
   AT_DISPATCH_FLOATING_TYPES(occs.scalar_type(), "grid_ema_update", [&] {
     NA_LAUNCH(ema_decay_kernel<scalar_t>, k, occs.data_ptr<scalar_t>(), cell_ids.data_ptr<int64_t>(), k, c,
               static_cast<scalar_t>(ema_decay), out.data_ptr<scalar_t>());

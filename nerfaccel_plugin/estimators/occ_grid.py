@@ -17,7 +17,7 @@ from .. import _validation as check
 from .._backend import get_op
 from ..grid import _enlarge_aabb, traverse_grids_samples
 from ..pack import pack_info
-from ..volrend import render_visibility_from_alpha, render_visibility_from_density
+from ..volrend import render_transmittance_from_density, render_visibility_from_alpha
 from .base import AbstractEstimator
 
 
@@ -207,7 +207,8 @@ class OccGridEstimator(AbstractEstimator):
             rays_o, rays_d, self.binaries, self.aabbs, near_planes, far_planes, render_step_size, cone_angle
         )
         if (alpha_thre > 0.0 or early_stop_eps > 0.0) and (sigma_fn is not None or alpha_fn is not None):
-            alpha_thre = min(alpha_thre, float(self._visible_mean()))
+            # min(alpha_thre, visible mean) stays on the device (a float() would sync); applied below.
+            thre = torch.clamp(self._visible_mean(), max=alpha_thre)
             packed_info = pack_info(ray_indices, n_rays)
             if sigma_fn is not None:
                 sigmas = sigma_fn(t_starts, t_ends, ray_indices)
@@ -215,24 +216,20 @@ class OccGridEstimator(AbstractEstimator):
                     raise ValueError(
                         f"`sigma_fn` must return shape {tuple(t_starts.shape)}, got {tuple(sigmas.shape)}."
                     )
-                masks = render_visibility_from_density(
-                    t_starts,
-                    t_ends,
-                    sigmas,
-                    packed_info=packed_info,
-                    early_stop_eps=early_stop_eps,
-                    alpha_thre=alpha_thre,
-                )
+                trans, alphas = render_transmittance_from_density(t_starts, t_ends, sigmas, packed_info=packed_info)
+                masks = trans >= early_stop_eps
             else:
                 alphas = alpha_fn(t_starts, t_ends, ray_indices)
                 if alphas.shape != t_starts.shape:
                     raise ValueError(
                         f"`alpha_fn` must return shape {tuple(t_starts.shape)}, got {tuple(alphas.shape)}."
                     )
-                masks = render_visibility_from_alpha(
-                    alphas, packed_info=packed_info, early_stop_eps=early_stop_eps, alpha_thre=alpha_thre
-                )
-            ray_indices, t_starts, t_ends = ray_indices[masks], t_starts[masks], t_ends[masks]
+                masks = render_visibility_from_alpha(alphas, packed_info=packed_info, early_stop_eps=early_stop_eps)
+            # As render_visibility_from_*(alpha_thre=thre): the opacity test applies only when thre > 0.
+            masks = masks & ((alphas >= thre) | (thre <= 0))
+            # One host sync for the kept count (a data-dependent size), then plain gathers.
+            keep = torch.nonzero(masks)[:, 0]
+            ray_indices, t_starts, t_ends = ray_indices[keep], t_starts[keep], t_ends[keep]
         return ray_indices, t_starts, t_ends
 
     @torch.no_grad()
@@ -274,10 +271,19 @@ class OccGridEstimator(AbstractEstimator):
     def _sample_uniform_and_occupied_cells(self, n: int) -> list[Tensor]:
         lvl_indices = []
         for lvl in range(self.levels):
-            uniform = torch.randint(self.cells_per_lvl, (n,), device=self.occs.device)
-            occupied = torch.nonzero(self.binaries[lvl].flatten())[:, 0]
-            if n < len(occupied):
-                occupied = occupied[torch.randint(len(occupied), (n,), device=self.occs.device)]
+            device = self.occs.device
+            uniform = torch.randint(self.cells_per_lvl, (n,), device=device)
+            # n occupied cells without a host sync (a nonzero would need one to size its output): the k-th
+            # occupied cell is searchsorted(cumsum(binaries), k, right=True). With at most n occupied cells each is
+            # taken (then again, cyclically, to fill the n slots); with more, n are drawn at random with
+            # replacement, as nerfacc does. Without any occupied cell the slots hold cells that are evaluated like
+            # the uniform ones. Duplicates are harmless: the EMA update reduces them with max.
+            cum = torch.cumsum(self.binaries[lvl].flatten(), 0)
+            total = cum[-1]
+            k = torch.arange(n, device=device)
+            drawn = (torch.rand(n, device=device) * total).long().clamp(max=total - 1)
+            rank = torch.where(total <= n, k % total.clamp(min=1), drawn)
+            occupied = torch.searchsorted(cum, rank, right=True).clamp(max=self.cells_per_lvl - 1)
             lvl_indices.append(torch.cat([uniform, occupied], dim=0))
         return lvl_indices
 

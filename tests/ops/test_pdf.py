@@ -53,6 +53,30 @@ def test_importance_sampling(K, stratified):
     close(got[2], ref[2], atol=1e-5)
 
 
+@pytest.mark.parametrize("n_uniform", [1, 2, 16])
+def test_importance_sampling_n_uniform(K, n_uniform):
+    """``n_uniform`` (the batched layout, every ray has edges): same outputs as the per-ray form, sizes known on the
+    host; a ray without edges (value checks off) gets an all-zero row of the right size."""
+    ext, device = K
+    counts = [3, 1, 2, 9, 33, 5, 2, 0]
+    packed_info, n = packed(counts, False, device)
+    ray_ids = torch.repeat_interleave(torch.arange(len(counts), device=device), packed_info[:, 1])
+    edges = torch.rand(n, device=device).cumsum(0)
+    w = torch.rand(n, device=device)
+    w[::4] = 0.0
+    cdfs = w.cumsum(0) - w.cumsum(0)[packed_info[ray_ids, 0]]
+    n_per_ray = torch.full((len(counts),), n_uniform, device=device)
+    bias = torch.rand(len(counts), device=device)
+    got = ext._importance_sampling(edges, cdfs, packed_info, n_per_ray, bias, n_uniform)
+    assert got[0].shape == (len(counts) * n_uniform,) and got[2].shape == (len(counts) * (n_uniform + 1),)
+    ref = R._importance_sampling(edges, cdfs, packed_info[:-1], n_per_ray[:-1], bias[:-1], n_uniform)
+    close(got[0][: -n_uniform], ref[0], atol=1e-5)
+    close(got[2][: -(n_uniform + 1)], ref[2], atol=1e-5)
+    assert not got[0][-n_uniform:].any() and not got[2][-(n_uniform + 1) :].any()
+    assert torch.equal(got[1][:-1].cpu(), ref[1].cpu()) and torch.equal(got[3][:-1].cpu(), ref[3].cpu())
+    assert got[1][-1].tolist() == [(len(counts) - 1) * n_uniform, n_uniform]
+
+
 def _nerfacc_searchsorted(sorted_vals, spi, query_vals, qpi):
     """nerfacc 0.5.2's searchsorted_kernel (pdf.cu), written out per query: upper_bound over [base, last) with
     !(v > q), then left = max(min(p - 1, last), base), right = max(min(p, last), base)."""

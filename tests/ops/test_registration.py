@@ -70,6 +70,14 @@ def _opcheck_cases(device: str = "cpu"):
             ops.importance_sampling,
             (sv, cdfs, spi, torch.tensor([2, 0, 1, 3], device=device), torch.full((4,), 0.5, device=device)),
         ),
+        "importance_sampling_uniform": (  # batched layout: every ray has edges, sizes known on the host
+            ops.importance_sampling,
+            (sv, cdfs, spi[[0, 1, 3]], torch.full((3,), 2, device=device), torch.full((3,), 0.5, device=device), 2),
+        ),
+        "traverse_grids_visits": (
+            ops.traverse_grids_visits,
+            (o, d, binaries, aabbs2, dev(16, fn=torch.zeros), torch.full((16,), 1e10, device=device), 0.05, 0.0),
+        ),
         "contract_fwd": (ops.contract_fwd, (dev(20, 3, fn=torch.randn, requires_grad=True), box, False, False)),
         "contract_fwd_inverse": (ops.contract_fwd, ((dev(20, 3) * 0.8 + 0.1).requires_grad_(), box, True, True)),
         # the backward operators are registered too (double backward goes through them)
@@ -124,6 +132,8 @@ CASES = [
     "accumulate_along_rays_fwd_none",
     "searchsorted",
     "importance_sampling",
+    "importance_sampling_uniform",
+    "traverse_grids_visits",
     "contract_fwd",
     "contract_fwd_inverse",
     "scan_bwd",
@@ -148,6 +158,8 @@ def test_opcheck(K, case):  # noqa: N803
     call = next((c for c in _ops.KERNEL_CALLS.values() if c.op in (name, name.replace("_bwd", "_fwd"))), None)
     if call is not None:
         getattr(kernels, "_" + call.name)  # skips when this backend has no kernel for the family
+    elif kernels.name != "cpp":
+        pytest.skip(f"{name}: a kernel of the C++ CPU build only")
     if case.startswith(EAGER_DOUBLE_BACKWARD):
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
     else:

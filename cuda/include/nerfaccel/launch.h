@@ -34,18 +34,27 @@ using Tensors3 = std::tuple<Tensor, Tensor, Tensor>;
 // grid family ---------------------------------------------------------------------------------------------------
 void ray_aabb_intersect_launch(const Tensor& rays_o, const Tensor& rays_d, const Tensor& aabbs, double near_plane,
                                double far_plane, double miss_value, Tensor& t_mins, Tensor& t_maxs, Tensor& hits);
-// Positions in float64 (o, d, near, far), outputs in the dtype of out_opts, sorted by ray.
-Tensors3 traverse_grids_launch(const double* o, const double* d, const double* nearp, const double* farp,
-                               const GridStack& grid, int64_t n_rays, double step_size, double cone_angle,
+// Inputs in the rays' dtype T (o, d [n, 3]; near, far [n]; aabbs [levels, 6]), contiguous: the march runs in T (traverse.h).
+// Outputs in the dtype of out_opts (T), sorted by ray.
+Tensors3 traverse_grids_launch(const Tensor& o, const Tensor& d, const Tensor& near_planes, const Tensor& far_planes,
+                               const Tensor& binaries, const Tensor& aabbs, double step_size, double cone_angle,
                                const at::TensorOptions& out_opts);
-// out = occs.clone() on entry; raises on cell ids outside [0, occs.size(0)).
+#if !defined(NERFACCEL_WITH_CUDA)
+// CPU build only (benchmarks): lattice points evaluated per ray by the march, into visits (zeros [n], int64).
+void traverse_grids_visits_launch(const Tensor& o, const Tensor& d, const Tensor& near_planes,
+                                  const Tensor& far_planes, const Tensor& binaries, const Tensor& aabbs,
+                                  double step_size, double cone_angle, Tensor& visits);
+#endif
+// out = occs.clone() on entry. CPU: raises on cell ids outside [0, occs.size(0)); CUDA: skips them (no host sync;
+// the Python kernel call checks the range when the value checks are on).
 void grid_ema_update_launch(const Tensor& occs, const Tensor& cell_ids, const Tensor& values, double ema_decay,
                             Tensor& out);
 
 // pdf family ----------------------------------------------------------------------------------------------------
 void searchsorted_launch(const Tensor& sorted_vals, const Tensor& sorted_packed_info, const Tensor& query_vals,
                          const Tensor& query_packed_info, Tensor& left, Tensor& right);
-// s_packed / e_packed: the output layouts (computed by the entry point).
+// s_packed / e_packed: the output layouts (computed by the entry point); the output sizes are samples.size(0) and
+// edges.size(0) (known on the host, so the CUDA launcher needs no device read).
 void importance_sampling_launch(const Tensor& edge_vals, const Tensor& cdfs, const Tensor& packed_info,
                                 const Tensor& s_packed, const Tensor& e_packed, const Tensor& bias, Tensor& samples,
                                 Tensor& edges);

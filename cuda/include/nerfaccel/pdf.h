@@ -49,25 +49,48 @@ NA_HD void searchsorted_one(const T* sorted, index_t base, index_t cnt, index_t 
   }
 }
 
+// Sample j (0 <= j < n) of one ray's inverse-CDF sampling (cnt > 0 edges from b).
+template <typename T>
+NA_HD T importance_sample_one(const T* t, const T* cdf, index_t b, index_t cnt, index_t n, T bias, index_t j) {
+  const index_t last = b + cnt - 1;
+  const T c_lo = cdf[b];
+  const T c_hi = cdf[last];
+  const T u = c_lo + (static_cast<T>(j) + bias) * (c_hi - c_lo) / static_cast<T>(n);
+  const index_t p = count_le(cdf, b, cnt - 1, u);
+  const index_t p0 = na_min<index_t>(na_max<index_t>(b + p - 1, b), last);
+  const index_t p1 = na_min<index_t>(na_max<index_t>(b + p, b), last);
+  const T cu0 = cdf[p0], cu1 = cdf[p1];
+  const T t0 = t[p0], t1 = t[p1];
+  const T du = cu1 - cu0;
+  return (du < T(1e-10)) ? T(0.5) * (t0 + t1) : t0 + (u - cu0) * (t1 - t0) / du;
+}
+
+// Edge q (0 <= q <= n) of one ray's inverse-CDF sampling, from its samples (recomputed: one thread per edge).
+template <typename T>
+NA_HD T importance_edge_one(const T* t, const T* cdf, index_t b, index_t cnt, index_t n, T bias, index_t q) {
+  const index_t last = b + cnt - 1;
+  if (n == 1) return q == 0 ? t[b] : t[last];
+  if (q == 0) {
+    const T s0 = importance_sample_one(t, cdf, b, cnt, n, bias, 0);
+    const T s1 = importance_sample_one(t, cdf, b, cnt, n, bias, 1);
+    return nan_max(s0 - T(0.5) * (s1 - s0), t[b]);
+  }
+  if (q == n) {
+    const T a = importance_sample_one(t, cdf, b, cnt, n, bias, n - 2);
+    const T z = importance_sample_one(t, cdf, b, cnt, n, bias, n - 1);
+    return nan_min(z + T(0.5) * (z - a), t[last]);
+  }
+  return T(0.5) * (importance_sample_one(t, cdf, b, cnt, n, bias, q - 1) +
+                   importance_sample_one(t, cdf, b, cnt, n, bias, q));
+}
+
 // Inverse-CDF sampling of one ray: n samples into samples[so ..), n + 1 edges into edges[eo ..).
 template <typename T>
 NA_HD void importance_sample_ray(const T* t, const T* cdf, index_t b, index_t cnt, index_t n, T bias, T* samples,
                                  index_t so, T* edges, index_t eo) {
   if (n <= 0 || cnt <= 0) return;
   const index_t last = b + cnt - 1;
-  const T c_lo = cdf[b];
-  const T c_hi = cdf[last];
-  const T n_t = static_cast<T>(n);
-  for (index_t j = 0; j < n; ++j) {
-    const T u = c_lo + (static_cast<T>(j) + bias) * (c_hi - c_lo) / n_t;
-    const index_t p = count_le(cdf, b, cnt - 1, u);
-    const index_t p0 = na_min<index_t>(na_max<index_t>(b + p - 1, b), last);
-    const index_t p1 = na_min<index_t>(na_max<index_t>(b + p, b), last);
-    const T cu0 = cdf[p0], cu1 = cdf[p1];
-    const T t0 = t[p0], t1 = t[p1];
-    const T du = cu1 - cu0;
-    samples[so + j] = (du < T(1e-10)) ? T(0.5) * (t0 + t1) : t0 + (u - cu0) * (t1 - t0) / du;
-  }
+  for (index_t j = 0; j < n; ++j) samples[so + j] = importance_sample_one(t, cdf, b, cnt, n, bias, j);
   const T e_first = t[b];
   const T e_last = t[last];
   const T* sm = samples + so;

@@ -167,7 +167,8 @@ class NerfaccelModel(Model):
             depth = accumulate_along_rays(
                 weights, ((t_starts + t_ends) * 0.5)[:, None], ray_indices=ray_indices, n_rays=n_rays
             )
-            num_samples = torch.bincount(ray_indices, minlength=n_rays).float()
+            ones = torch.ones_like(ray_indices, dtype=torch.float32)  # index_add: no host sync, unlike bincount
+            num_samples = torch.zeros(n_rays, device=ray_indices.device).index_add_(0, ray_indices, ones)
             outputs: dict[str, Tensor] = {}
         else:
             ray_samples = self.sampler(ray_bundle)

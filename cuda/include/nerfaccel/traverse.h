@@ -1,0 +1,360 @@
+// Occupancy-grid traversal, written once for the host and the device, in the rays' own precision T.
+//
+// The rule (nerfaccel_plugin/_torch_impl.py::_traverse_grids is the source of truth, docs/traversal.md states how
+// far a float32 evaluation may differ from it): each ray marches the closed-form lattice t_k anchored at its near
+// value; sample k = [t_k, t_{k+1}] is kept when its midpoint m_k lies in [lo, hi) (the union of the levels' boxes
+// clipped to near/far) and x = o + m_k d falls in an occupied cell of the lowest-index level whose box holds x.
+//
+// Speed: every lattice point is evaluated in T (float for float32 rays: no FP64 instruction in that
+// instantiation), and a run of empty cells is crossed in one jump: from a sample whose cell is empty, a DDA walks
+// the cells of that level along the ray until the first occupied cell (or the level's box, a finer level's box, or
+// the end of the ray), and the march continues at the first lattice point whose midpoint lies past that point
+// minus a safety margin (a few ulps of the positions involved, see skip_margin). The lattice keeps its closed form,
+// so a jump never shifts the samples after it; samples are still only emitted after their own cell lookup, so a
+// jump can only change the output for a midpoint within the margin of a cell face.
+//
+// Count and fill cannot disagree: both go through the one function traverse_ray with a SlotEmit, whose `write`
+// flag only decides whether the sample is stored (and stores are bounded by the ray's slot range); the march itself
+// is the same instruction stream in both passes.
+#pragma once
+
+#include "common.h"
+
+NA_NAMESPACE_BEGIN
+
+NA_HD float na_floor(float x) { return floorf(x); }
+NA_HD double na_floor(double x) { return floor(x); }
+
+// floor() of a cell coordinate: exact, and inline on the host (where floor is a libm call without SSE4.1):
+// truncation toward zero, corrected for negative non-integers, for |x| < 2^30; floor() beyond (and for NaN).
+template <typename T>
+NA_HD T cell_floor(T x) {
+#if defined(__CUDA_ARCH__)
+  return na_floor(x);
+#else
+  if (!(x > T(-1073741824) && x < T(1073741824))) return na_floor(x);
+  const T t = static_cast<T>(static_cast<int32_t>(x));
+  return t > x ? t - T(1) : t;
+#endif
+}
+NA_HD float na_ceil(float x) { return ceilf(x); }
+NA_HD double na_ceil(double x) { return ceil(x); }
+NA_HD float na_log(float x) { return logf(x); }
+NA_HD double na_log(double x) { return log(x); }
+NA_HD float na_log1p(float x) { return log1pf(x); }
+NA_HD double na_log1p(double x) { return log1p(x); }
+NA_HD bool na_isfinite(float x) { return isfinite(x); }
+NA_HD bool na_isfinite(double x) { return isfinite(x); }
+
+template <typename T>
+struct TravEps;
+template <>
+struct TravEps<float> {
+  static NA_HD float value() { return 5.9604645e-08f; }  // 2^-24
+};
+template <>
+struct TravEps<double> {
+  static NA_HD double value() { return 1.1102230246251565e-16; }  // 2^-53
+};
+
+// Lattice indices are int32 and capped at kMaxLatticeIndex (2^30 steps along one ray: far beyond any real march).
+constexpr int32_t kMaxLatticeIndex = 1 << 30;
+
+// t_k = near + k step while below step / cone (the first n_uniform steps), then t_K (1 + cone)^(k - K).
+// float32: (1 + cone)^j is taken as exp(j log1p(cone)) (relative error ~ (2 j log1p(cone) + 2) ulp, no drift
+// with j); float64 keeps pow, as the reference does.
+template <typename T>
+struct TravLattice {
+  T near, step, cone, t_K, log1p_cone;
+  int32_t n_uniform;
+
+  NA_HD TravLattice(T near_, T step_, T cone_) : near(near_), step(step_), cone(cone_) {
+    n_uniform = 0;
+    t_K = near;
+    log1p_cone = T(0);
+    if (cone > T(0)) {
+      const T thresh = step / cone;
+      const T nu = na_max(na_ceil((thresh - near) / step), T(0));
+      n_uniform = na_isfinite(nu) ? static_cast<int32_t>(na_min(nu, T(kMaxLatticeIndex))) : 0;
+      t_K = near + static_cast<T>(n_uniform) * step;
+      log1p_cone = na_log1p(cone);
+    }
+  }
+
+  NA_HD T geom(int32_t extra) const;
+
+  NA_HD T t(int32_t k) const {
+    if (!(cone > T(0)) || k <= n_uniform) return near + static_cast<T>(k) * step;
+    return t_K * geom(k - n_uniform);
+  }
+
+  // Real-valued approximate inverse of t().
+  NA_HD T k_of(T tv) const {
+    if (!(cone > T(0)) || tv < t_K) return (tv - near) / step;
+    return static_cast<T>(n_uniform) + na_log(na_max(tv / t_K, T(1e-30))) / log1p_cone;
+  }
+
+  NA_HD T mid(int32_t k) const { return T(0.5) * (t(k) + t(k + 1)); }
+
+  // Smallest k >= 0 with mid(k) >= bound (evaluated in T).
+  NA_HD int32_t first_mid_at_or_after(T bound) const {
+    T kf = na_floor(k_of(bound)) - T(1);
+    int32_t k = 0;
+    if (kf > T(0) && na_isfinite(kf)) k = static_cast<int32_t>(na_min(kf, T(kMaxLatticeIndex)));
+    for (int it = 0; it < 64 && mid(k) < bound; ++it) ++k;
+    for (int it = 0; it < 64 && k > 0 && mid(k - 1) >= bound; ++it) --k;
+    return k;
+  }
+};
+
+template <>
+NA_HD float TravLattice<float>::geom(int32_t extra) const {
+  return expf(static_cast<float>(extra) * log1p_cone);
+}
+template <>
+NA_HD double TravLattice<double>::geom(int32_t extra) const {
+  return pow(1.0 + cone, static_cast<double>(extra));
+}
+
+// The stack of occupancy grids, level l covering aabbs[l] with rx * ry * rz cells.
+template <typename T>
+struct TravGrid {
+  const bool* binaries;  // [levels, rx, ry, rz]
+  const T* aabbs;        // [levels, 6]
+  int32_t levels, res[3];
+
+  NA_HD bool cell(int32_t l, int32_t i, int32_t j, int32_t k) const {
+    return binaries[static_cast<int64_t>(l) * res[0] * res[1] * res[2] + (static_cast<int64_t>(i) * res[1] + j) * res[2] +
+                    k];
+  }
+
+  // Lowest-index level whose box holds x (returns -1 for none) and x's cell in it, as the reference computes it:
+  // floor((x - lo) / (hi - lo) * res) per axis, inside when every index is in [0, res).
+  NA_HD int32_t locate(const T* x, int32_t* idx) const {
+    for (int32_t l = 0; l < levels; ++l) {
+      const T* box = aabbs + 6 * l;
+      bool inside = true;
+      for (int a = 0; a < 3; ++a) {
+        const T f = cell_floor((x[a] - box[a]) / (box[a + 3] - box[a]) * static_cast<T>(res[a]));
+        if (!(f >= T(0) && f < static_cast<T>(res[a]))) {
+          inside = false;
+          break;
+        }
+        idx[a] = static_cast<int32_t>(f);
+      }
+      if (inside) return l;
+    }
+    return -1;
+  }
+};
+
+// How far before a computed crossing t_c of the plane x_a = p the march may resume without skipping a midpoint
+// that the cell lookup would place beyond the plane: the lookup and the plane carry rounding errors of a few ulps
+// of the coordinates involved, which are 1 / |d_a| times larger in t.
+template <typename T>
+NA_HD T skip_margin(T t_c, T o_a, T d_a, T p, T box_extent) {
+  const T eps = TravEps<T>::value();
+  const T pos = na_abs(o_a) + na_abs(p) + na_abs(box_extent) + na_abs(t_c * d_a);
+  return T(16) * eps * (na_abs(t_c) + pos / na_abs(d_a));
+}
+
+// From the empty cell `idx` of level `lvl` holding the midpoint m: the t (minus its safety margin) at which the run
+// of empty cells along the ray ends. The walk stops at the first occupied cell, at the exit of the level's box, at
+// the entry into a lower-index level's box (whose cells take precedence there), or at t_stop (the ray's end).
+template <typename T>
+NA_HD T empty_run_end(const T* o, const T* d, T m, const TravGrid<T>& grid, int32_t lvl, const int32_t* idx,
+                      T t_stop) {
+  T t_end = t_stop;
+  T margin = T(0);
+  // Lower-index levels ahead: their box entry ends the run.
+  for (int32_t j = 0; j < lvl; ++j) {
+    const T* box = grid.aabbs + 6 * j;
+    T t_in = -na_inf<T>(), t_out = na_inf<T>();
+    int a_in = -1;
+    for (int a = 0; a < 3; ++a) {
+      if (d[a] == T(0)) {
+        if (!(o[a] >= box[a] && o[a] <= box[a + 3])) t_out = -na_inf<T>();
+        continue;
+      }
+      const T t1 = (box[a] - o[a]) / d[a];
+      const T t2 = (box[a + 3] - o[a]) / d[a];
+      const T ta = na_min(t1, t2), tb = na_max(t1, t2);
+      if (ta > t_in) {
+        t_in = ta;
+        a_in = a;
+      }
+      t_out = na_min(t_out, tb);
+    }
+    if (!(t_out > t_in) || !(t_out > m)) continue;  // missed, or behind the midpoint
+    if (!(t_in > m) || a_in < 0) return m;          // rounding says we are inside it: no jump
+    if (t_in < t_end) {
+      t_end = t_in;
+      const T p = d[a_in] > T(0) ? box[a_in] : box[a_in + 3];
+      margin = skip_margin(t_in, o[a_in], d[a_in], p, box[a_in + 3] - box[a_in]);
+    }
+  }
+  // DDA over the cells of level lvl. Scalars per axis (no arrays indexed by a runtime axis: on the GPU those would
+  // live in local memory).
+  const T* box = grid.aabbs + 6 * lvl;
+  int32_t ix = idx[0], iy = idx[1], iz = idx[2];
+  const T csx = (box[3] - box[0]) / static_cast<T>(grid.res[0]);
+  const T csy = (box[4] - box[1]) / static_cast<T>(grid.res[1]);
+  const T csz = (box[5] - box[2]) / static_cast<T>(grid.res[2]);
+  // The plane through which the ray leaves cell i along axis a, and where.
+  auto plane = [&](int a, int32_t i, T cs) { return box[a] + static_cast<T>(i + (d[a] > T(0) ? 1 : 0)) * cs; };
+  // 1 / d_a once (a multiply per step instead of a divide; its extra ulp is inside the margin).
+  const T inv0 = T(1) / d[0], inv1 = T(1) / d[1], inv2 = T(1) / d[2];
+  auto cross = [&](int a, int32_t i, T cs) {
+    const T inv = a == 0 ? inv0 : (a == 1 ? inv1 : inv2);
+    return d[a] == T(0) ? na_inf<T>() : (plane(a, i, cs) - o[a]) * inv;
+  };
+  T tnx = cross(0, ix, csx), tny = cross(1, iy, csy), tnz = cross(2, iz, csz);
+  const int32_t max_steps = grid.res[0] + grid.res[1] + grid.res[2] + 3;
+  for (int32_t s = 0; s < max_steps; ++s) {
+    int a = 0;
+    T t_c = tnx;
+    if (tny < t_c) {
+      a = 1;
+      t_c = tny;
+    }
+    if (tnz < t_c) {
+      a = 2;
+      t_c = tnz;
+    }
+    if (!(t_c < t_end)) break;  // the run reaches t_end (also catches NaN)
+    // Leaving the cell through the plane of axis a at t_c.
+    const T cs = a == 0 ? csx : (a == 1 ? csy : csz);
+    const int32_t i_a = a == 0 ? ix : (a == 1 ? iy : iz);
+    const int32_t i_next = i_a + (d[a] > T(0) ? 1 : -1);
+    const int32_t res_a = a == 0 ? grid.res[0] : (a == 1 ? grid.res[1] : grid.res[2]);
+    if (a == 0) ix = i_next;
+    if (a == 1) iy = i_next;
+    if (a == 2) iz = i_next;
+    if (i_next < 0 || i_next >= res_a || grid.cell(lvl, ix, iy, iz) || s + 1 == max_steps) {
+      t_end = t_c;
+      margin = skip_margin(t_c, o[a], d[a], plane(a, i_a, cs), box[a + 3] - box[a]);
+      break;
+    }
+    const T t_n = cross(a, i_next, cs);
+    if (a == 0) tnx = t_n;
+    if (a == 1) tny = t_n;
+    if (a == 2) tnz = t_n;
+  }
+  return t_end - margin;
+}
+
+// Writes (or only counts) the samples of one ray into slots [pos, end). `write` false: count only.
+template <typename T>
+struct SlotEmit {
+  int64_t* rays;
+  T* t0;
+  T* t1;
+  int64_t pos;
+  int64_t end;
+  int64_t ray;
+  bool write;
+  NA_HD void operator()(T a, T b) {
+    if (write && pos < end) {
+      rays[pos] = ray;
+      t0[pos] = a;
+      t1[pos] = b;
+    }
+    ++pos;
+  }
+};
+
+// Statistics of one march (benchmarks): lattice points evaluated.
+struct NoStats {
+  NA_HD void visit() {}
+};
+struct VisitStats {
+  int64_t visits = 0;
+  NA_HD void visit() { ++visits; }
+};
+
+// Marches one ray; calls emit(t0, t1) for each kept sample, in order, and stats.visit() for every lattice point
+// evaluated.
+template <typename T, typename Emit, typename Stats>
+NA_HD void traverse_ray(const T* o, const T* d, T near, T far, const TravGrid<T>& grid, T step_size, T cone_angle,
+                           Emit& emit, Stats& stats) {
+  T lo = na_inf<T>(), hi = -na_inf<T>();
+  for (int32_t l = 0; l < grid.levels; ++l) {
+    const T* box = grid.aabbs + 6 * l;
+    T t_in = -na_inf<T>(), t_out = na_inf<T>();
+    for (int a = 0; a < 3; ++a) {  // slab_interval of geometry.h, inlined here so this header stands alone
+      T near_ax, far_ax;
+      if (d[a] == T(0)) {
+        const bool inside = (o[a] >= box[a]) && (o[a] <= box[a + 3]);
+        near_ax = inside ? -na_inf<T>() : na_inf<T>();
+        far_ax = inside ? na_inf<T>() : -na_inf<T>();
+      } else {
+        const T t1 = (box[a] - o[a]) / d[a];
+        const T t2 = (box[a + 3] - o[a]) / d[a];
+        near_ax = nan_min(t1, t2);
+        far_ax = nan_max(t1, t2);
+      }
+      t_in = nan_max(t_in, near_ax);
+      t_out = nan_min(t_out, far_ax);
+    }
+    if (t_out > t_in && t_out > T(0)) {
+      lo = na_min(lo, t_in);
+      hi = na_max(hi, t_out);
+    }
+  }
+  lo = nan_max(lo, near);
+  hi = nan_min(hi, far);
+  if (!(na_isfinite(lo) && hi > lo)) return;
+  const TravLattice<T> lat(near, step_size, cone_angle);
+  int32_t k = lat.first_mid_at_or_after(lo);
+  const int32_t k_hi = lat.first_mid_at_or_after(hi);
+  while (k < k_hi) {
+    stats.visit();
+    const T t0 = lat.t(k);
+    const T t1 = lat.t(k + 1);
+    const T m = T(0.5) * (t0 + t1);
+    if (!(m >= lo && m < hi)) {
+      ++k;
+      continue;
+    }
+    T x[3];
+    for (int a = 0; a < 3; ++a) x[a] = o[a] + m * d[a];
+    int32_t idx[3];
+    const int32_t lvl = grid.locate(x, idx);
+    if (lvl < 0) {  // a gap between disjoint boxes
+      ++k;
+      continue;
+    }
+    if (grid.cell(lvl, idx[0], idx[1], idx[2])) {
+      emit(t0, t1);
+      ++k;
+      continue;
+    }
+    const T t_resume = empty_run_end(o, d, m, grid, lvl, idx, hi);
+    const int32_t k_next = t_resume > m ? lat.first_mid_at_or_after(t_resume) : k + 1;
+    k = k_next > k ? k_next : k + 1;
+  }
+}
+
+#if defined(__CUDACC__)
+// One thread per ray. Count pass (ends == nullptr): counts[r] = samples of ray r. Fill pass: writes them into
+// [ends[r] - counts[r], ends[r]). ONE kernel, so both passes run the same instructions of traverse_ray; the fill's
+// stores are bounded by the ray's slot range. Compiled on its own by .ci/check_traverse_regs.sh (registers).
+// __launch_bounds__(256, 4): at most 64 registers per thread (4 blocks of 256 threads per SM).
+template <typename T>
+__global__ void __launch_bounds__(256, 4) traverse_kernel(const T* o, const T* d, const T* nearp, const T* farp,
+                                                       TravGrid<T> grid, T step, T cone, int64_t n,
+                                                       const int64_t* ends, int64_t* counts, int64_t* rays, T* t0,
+                                                       T* t1) {
+  for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < n;
+       r += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    const bool write = ends != nullptr;
+    if (write && counts[r] == 0) continue;
+    SlotEmit<T> emit{rays, t0, t1, write ? ends[r] - counts[r] : 0, write ? ends[r] : 0, r, write};
+    NoStats stats;
+    traverse_ray(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step, cone, emit, stats);
+    if (!write) counts[r] = emit.pos;  // the count pass starts at slot 0
+  }
+}
+#endif
+
+NA_NAMESPACE_END
