@@ -45,7 +45,8 @@ def _gpu_module(name: str):
 def test_check_flags_uses_the_scripts_parser(tmp_path):
     script = tmp_path / "bench.py"
     script.write_text(
-        "import argparse\np = argparse.ArgumentParser()\np.add_argument('--layout', nargs='+', choices=['geo30', 'a'])\n"
+        "import argparse\np = argparse.ArgumentParser()\n"
+        "p.add_argument('--layout', nargs='+', choices=['geo30', 'a'])\n"
         "args = p.parse_args()\nraise SystemExit('the benchmark body must not run')\n"
     )
     check = _gpu_module("check_flags").check
