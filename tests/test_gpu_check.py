@@ -31,3 +31,45 @@ def test_dry_run_reports_skipped_stages(tmp_path):
 
 def test_script_parses():
     assert subprocess.run(["bash", "-n", str(REPO / "benchmarks" / "gpu_check.sh")]).returncode == 0
+
+
+def _gpu_module(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "gpu" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_check_flags_uses_the_scripts_parser(tmp_path):
+    script = tmp_path / "bench.py"
+    script.write_text(
+        "import argparse\np = argparse.ArgumentParser()\n"
+        "p.add_argument('--layout', nargs='+', choices=['geo30', 'a'])\n"
+        "args = p.parse_args()\nraise SystemExit('the benchmark body must not run')\n"
+    )
+    check = _gpu_module("check_flags").check
+    ok, message = check(script, ["--layout", "geo30", "a"])
+    assert ok, message
+    assert "'layout': ['geo30', 'a']" in message
+    assert not check(script, ["--layouts", "geo30"])[0]
+    assert not check(script, ["--layout", "geometric30"])[0]
+
+
+def test_nerfacc_patch_renames_lerp_for_cuda13(tmp_path):
+    header = tmp_path / "nerfacc" / "cuda" / "csrc" / "include" / "utils_math.cuh"
+    header.parent.mkdir(parents=True)
+    body = "".join(
+        f"inline __device__ __host__ {t} lerp({t} a, {t} b, float t)\n{{\n    return a + t * (b - a);\n}}\n"
+        for t in ("float", "float2", "float3", "float4")
+    )
+    header.write_text("// lerp\n" + body + "inline __host__ __device__ float clamp(float f, float a, float b);\n")
+    patch = _gpu_module("build_nerfacc").patch
+    assert patch(tmp_path / "nerfacc") == 4
+    text = header.read_text()
+    assert text.count("nerfacc_lerp(") == 4 and " lerp(" not in text and "clamp(" in text
+    assert patch(tmp_path / "nerfacc") == 0  # idempotent
+    (header.parent.parent / "user.cu").write_text("float x = lerp(a, b, t);\n")
+    with pytest.raises(RuntimeError, match="still calls lerp"):
+        patch(tmp_path / "nerfacc")

@@ -18,11 +18,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
-    from nerfaccel_plugin._ext import load_backend, selftest
+    from types import SimpleNamespace
 
-    kind, device = ("cpp", "cpu") if args.dry_run or not torch.cuda.is_available() else ("cuda", "cuda")
-    outcome = selftest.run(load_backend(kind), device)
-    print(f"{kind} ops on {device}: {outcome.summary()} {outcome.detail}")
+    from nerfaccel_plugin import _backend, _ops
+    from nerfaccel_plugin._ext import selftest
+
+    device = "cpu" if args.dry_run or not torch.cuda.is_available() else "cuda"
+    state = _backend._device(device)  # loads the device's kernels (extension and/or Triton), as the library does
+    if not state.loaded:
+        print(f"no compiled kernels for {device}: {state.reason}")
+        return 1
+    # the registered kernels of every op, called as the library calls them (the self-test's own namespace)
+    kernels = {
+        "_" + c.name: c.fn
+        for c in _ops.KERNEL_CALLS.values()
+        if c.name != "hash_encode" and _backend._has_kernel(c.op, device)
+    }  # fmt: skip
+    outcome = selftest.run(SimpleNamespace(available_ops=set(kernels), **kernels), device)
+    print(f"{state.backend} kernels ({len(kernels)} ops) on {device}: {outcome.summary()} {outcome.detail}")
     ok = outcome.passed
     if device == "cuda":
         from nerfaccel_plugin._triton import hash as th

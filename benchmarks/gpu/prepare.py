@@ -1,19 +1,20 @@
 """``gpu_check.sh --prepare``: everything the GPU check needs that the GPU machine cannot fetch or should not build,
 into one git-ignored folder carried to the device (``.gpu_carry``, at most 64 MiB with everything else carried).
 
-* ``prebuilt/``: nerfaccel's CPU and CUDA (sm_90 by default) extensions built ahead of time as the package's
-  prebuilt modules (``nerfaccel_plugin/_ext/_C_cpu*.so``, ``_C_cuda*.so``; ``gpu_check.sh`` copies them into the
-  checkout; they are used when their source hash matches);
-* ``site/nerfacc``: nerfacc 0.5.3 (``pip download``) with its CUDA extension built here as ``nerfacc/csrc*.so``
-  (nerfacc imports ``nerfacc.csrc`` before trying a JIT build);
-* ``wheels/``: Nerfstudio's wheel without dependencies (the GPU image has no Nerfstudio; the hash tests import its
-  ``HashEncoding``);
+* ``site/nerfacc``: nerfacc 0.5.3 (``pip download``), its CUDA source patched for CUDA 13
+  (``build_nerfacc.py``: nvcc 13.0 rejects its ``lerp``); the GPU machine's ``build`` stage compiles it there;
+* ``wheels/``: Nerfstudio 1.1.5 and the packages its training path imports that the GPU image lacks
+  (``NS_WHEELS``, about 23 MiB, cp312 manylinux wheels; ``gpu_check.sh`` installs them ``--no-deps`` into
+  ``/tmp/gpu_check_site``);
+* ``prebuilt/`` (only with ``--build``): nerfaccel's CPU and CUDA extensions and nerfacc's ``csrc`` built here.
+  Only useful with ``--python`` naming an interpreter that matches the GPU image (Python 3.12, torch
+  2.11.0+cu130): a binary imports only under the Python minor version and torch it was built with, and this
+  development machine has Python 3.11 / torch 2.14, so by default nothing is prebuilt and the GPU machine builds;
 * ``data/lego-400``: the lego-400 train split, transforms files and a subset of the test views (``--test-views``),
   when a data folder is given and it fits;
 * ``manifest.json``: Python / torch / CUDA versions the binaries were built with, sizes. A binary only imports
   under the same Python minor version and torch ABI: ``gpu_check.sh`` compares and, on a mismatch, builds on the
-  GPU machine instead (its own stage, timed). Pass ``--python`` to build with an interpreter matching the GPU
-  image (Python 3.12, torch 2.11+cu130 as last read).
+  GPU machine instead (its own stage, timed).
 
     python benchmarks/gpu/prepare.py --data ../shared/data/blender/lego-400
 """
@@ -28,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,29 +71,16 @@ def _cuda_home(python: str) -> str:
     return out.strip().splitlines()[-1]
 
 
-def build_nerfacc(python: str, carry: Path, arch: str, version: str) -> None:
+def build_nerfacc(python: str, carry: Path, arch: str, version: str, compile_here: bool) -> None:
     site = carry / "site"
-    shutil.rmtree(site / "nerfacc", ignore_errors=True)
-    site.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         run([python, "-m", "pip", "download", "-q", "--no-deps", f"nerfacc=={version}", "-d", tmp])
         wheel = next(Path(tmp).glob("nerfacc-*.whl"))
-        with zipfile.ZipFile(wheel) as z:
-            for name in z.namelist():
-                if name.startswith("nerfacc/"):
-                    z.extract(name, site)
-        code = (
-            "import glob, os, shutil, sys\n"
-            "from torch.utils.cpp_extension import load\n"
-            "p = os.path.join(sys.argv[1], 'nerfacc', 'cuda')\n"
-            "srcs = glob.glob(os.path.join(p, 'csrc', '*.cu')) + glob.glob(os.path.join(p, 'csrc', '*.cpp'))\n"
-            "m = load(name='csrc', sources=srcs, extra_cflags=['-O3'], extra_cuda_cflags=['-O3'],\n"
-            "         build_directory=sys.argv[2], verbose=False)\n"
-            "shutil.copy(m.__file__, os.path.join(sys.argv[1], 'nerfacc', os.path.basename(m.__file__)))\n"
-            "print('nerfacc csrc:', m.__file__)\n"
-        )
+        script = str(REPO / "benchmarks" / "gpu" / "build_nerfacc.py")
+        run([python, script, "--site", str(site), "--wheel", str(wheel), "--arch", arch, "--patch-only"])
+    if compile_here:
         env = {"TORCH_CUDA_ARCH_LIST": arch, "MAX_JOBS": str(os.cpu_count()), "CUDA_HOME": _cuda_home(python)}
-        run([python, "-c", code, str(site), tmp], env=env)
+        run([python, script, "--site", str(site), "--arch", arch], env=env)
 
 
 def strip_debug(root: Path) -> None:
@@ -104,10 +91,27 @@ def strip_debug(root: Path) -> None:
         subprocess.run(["strip", "--strip-debug", str(so)], check=False)
 
 
-def fetch_wheels(python: str, carry: Path, nerfstudio: str) -> None:
+# What `import nerfstudio.scripts.train` + the method configs + nerfaccel's ns plugin import that the GPU image
+# ("cuda", KINDS.md package list) lacks, measured with sys.modules on this machine (Python 3.11, the versions here);
+# fpsample 1.0.2 has no cp312 wheel, 0.3.3 has the function Nerfstudio calls (only imported on our paths).
+NS_WHEELS = [
+    "nerfstudio==1.1.5", "tyro==1.0.17", "docstring_parser==0.18.0", "viser==0.2.7", "websockets==17.4",
+    "msgspec==0.23.0", "gsplat==1.4.0", "pathos==0.3.5", "multiprocess==0.70.19", "dill==0.4.1", "ppft==1.7.8",
+    "pyquaternion==0.9.9", "pytorch-msssim==1.0.0", "rawpy==0.28.0", "splines==0.3.0", "tensorly==0.10.0",
+    "fpsample==0.3.3", "appdirs==1.4.4", "defusedxml==0.7.1", "PySocks==1.7.1",
+]  # fmt: skip
+_PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in (17, 24, 27, 28, 31, 34, 35)] + ["manylinux2014_x86_64", "any"]
+
+
+def fetch_wheels(python: str, carry: Path, nerfstudio: str, py_version: str = "3.12") -> None:
+    """cp312 wheels (the GPU image's Python) of Nerfstudio and the missing packages of its training path."""
     wheels = carry / "wheels"
     shutil.rmtree(wheels, ignore_errors=True)
-    run([python, "-m", "pip", "download", "-q", "--no-deps", f"nerfstudio=={nerfstudio}", "-d", str(wheels)])
+    tag = py_version.replace(".", "")
+    names = [f"nerfstudio=={nerfstudio}" if n.startswith("nerfstudio==") else n for n in NS_WHEELS]
+    plat = [a for p in _PLATFORMS for a in ("--platform", p)]
+    run([python, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", py_version,
+         "--implementation", "cp", "--abi", f"cp{tag}", *plat, "-d", str(wheels), *names])  # fmt: skip
 
 
 def copy_data(src: Path, carry: Path, test_views: int) -> None:
@@ -141,14 +145,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nerfacc", default="0.5.3")
     parser.add_argument("--nerfstudio", default="1.1.5")
     parser.add_argument("--skip", nargs="*", default=[], choices=["ours", "nerfacc", "wheels", "data"])
+    parser.add_argument("--build", action="store_true", help="also compile ours + nerfacc here (see above)")
     args = parser.parse_args(argv)
     carry = args.carry.resolve()
     carry.mkdir(parents=True, exist_ok=True)
+    if not args.build:
+        shutil.rmtree(carry / "prebuilt", ignore_errors=True)
+        for so in (carry / "site" / "nerfacc").glob("csrc*.so"):
+            so.unlink()
     timings: dict[str, float] = {}
     failures: dict[str, str] = {}
     steps = [
-        ("ours", lambda: build_ours(args.python, carry, args.arch)),
-        ("nerfacc", lambda: build_nerfacc(args.python, carry, args.arch, args.nerfacc)),
+        *([("ours", lambda: build_ours(args.python, carry, args.arch))] if args.build else []),
+        ("nerfacc", lambda: build_nerfacc(args.python, carry, args.arch, args.nerfacc, args.build)),
         ("wheels", lambda: fetch_wheels(args.python, carry, args.nerfstudio)),
     ]
     if args.data is not None:
@@ -170,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = {p.name: round(size_mib(p), 2) for p in carry.iterdir() if p.is_dir()}
     manifest = {
         **versions(args.python), "arch": args.arch, "nerfacc": args.nerfacc, "nerfstudio": args.nerfstudio,
-        "sizes_mib": sizes, "seconds": timings, "failed": failures,
+        "prebuilt": args.build, "sizes_mib": sizes, "seconds": timings, "failed": failures,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }  # fmt: skip
     (carry / "manifest.json").write_text(json.dumps(manifest, indent=1))
