@@ -1,7 +1,7 @@
 // Build metadata of an extension (the same file for the CPU and CUDA builds). No ops here: their schemas are
 // defined in nerfaccel_plugin/_ops.py, and each op family registers its kernels for the build's device with
 // TORCH_LIBRARY_IMPL in cuda/csrc/<family>.cpp when this module is loaded.
-#include <torch/extension.h>
+#include <pybind11/pybind11.h>
 
 #ifndef TORCH_EXTENSION_NAME
 #define TORCH_EXTENSION_NAME nerfaccel_ext

@@ -17,8 +17,11 @@ from traverse_tolerance import check_traversal
 
 from nerfaccel_plugin import _torch_impl as R
 
+# "cpu-plain": the CPU build marching as the CUDA kernel does (NERFACCEL_TRAVERSE_RUNS=0: every occupied sample
+# looked up, cell-by-cell DDA), so the CPU tests also cover that configuration of the shared traverse.h.
 DEVICES = [
     "cpu",
+    "cpu-plain",
     pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")),
 ]
 
@@ -37,8 +40,11 @@ def _load(kind: str):
 
 
 @pytest.fixture(params=DEVICES)
-def K(request):  # noqa: N802 - (kernels, device)
-    return (_load("cuda"), "cuda") if request.param == "cuda" else (_load("cpp"), "cpu")
+def K(request, monkeypatch):  # noqa: N802 - (kernels, device)
+    if request.param == "cuda":
+        return _load("cuda"), "cuda"
+    monkeypatch.setenv("NERFACCEL_TRAVERSE_RUNS", "0" if request.param == "cpu-plain" else "1")
+    return _load("cpp"), "cpu"
 
 
 def _run(ext, device, o, d, b, aabbs, near, far, step, cone):
@@ -85,6 +91,44 @@ def test_random_scenes_within_stated_tolerance(K, seed, levels, cone):
     far = torch.full((n,), 1e10)
     far[32:64] = torch.rand(32, generator=g) * 3  # far inside the grid
     _both(*K, o, d, b, _nested(levels), near, far, 0.01, cone, min_samples=500)
+
+
+def _blobs(levels: int, res: tuple[int, int, int], seed: int) -> torch.Tensor:
+    """Sparse clustered occupancy (shells and blobs, most 8^3 blocks empty), like a trained grid."""
+    g = torch.Generator().manual_seed(seed)
+    axes = [(torch.arange(r, dtype=torch.float32) + 0.5) / r * 2 - 1 for r in res]
+    x, y, z = torch.meshgrid(*axes, indexing="ij")
+    out = torch.zeros(levels, *res, dtype=torch.bool)
+    for lvl in range(levels):
+        for _ in range(4):
+            c = (torch.rand(3, generator=g) - 0.5) * 1.2
+            r = 0.1 + torch.rand(1, generator=g).item() * 0.3
+            dist = ((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2).sqrt()
+            out[lvl] |= (dist - r).abs() < 0.08 if lvl % 2 == 0 else dist < r
+    return out
+
+
+@pytest.mark.parametrize("levels", [1, 3])
+@pytest.mark.parametrize("cone", [0.0, 1 / 256])
+def test_sparse_scenes_skip_blocks_and_runs(K, levels, cone):
+    """Mostly empty coarse blocks (crossed in one step by the CPU march), runs of occupied cells (emitted without a
+    lookup each), resolutions that are not multiples of the block size, and rays through block edges and corners."""
+    res = (37, 24, 19)
+    b = _blobs(levels, res, seed=levels)
+    assert b.float().mean() < 0.2
+    g = torch.Generator().manual_seed(7)
+    n = 384
+    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
+    o = -d * 3 + torch.randn(n, 3, generator=g) * 0.4
+    # Rays along block planes (cell 8, 16, ... faces) and through block corners.
+    cells = [torch.linspace(-1, 1, r + 1) for r in res]
+    for i in range(48):
+        px, py, pz = cells[0][8 * (1 + i % 4)], cells[1][8 * (1 + i % 2)], cells[2][8 * (1 + i % 2)]
+        o[i] = torch.tensor([-3.0, py.item(), pz.item()]) if i % 3 else torch.tensor([px.item(), -3.0, pz.item()])
+        d[i] = torch.tensor([1.0, 0.0, 0.0]) if i % 3 else torch.tensor([0.0, 1.0, 0.0])
+        if i % 6 == 5:  # diagonal through the corner (px, py, pz) of four blocks
+            d[i] = torch.nn.functional.normalize(torch.tensor([px.item(), py.item(), pz.item()]) - o[i], dim=0)
+    _both(*K, o, d, b, _nested(levels), torch.zeros(n), torch.full((n,), 1e10), 0.01, cone, min_samples=300)
 
 
 def test_grazing_cell_faces(K):

@@ -1,5 +1,5 @@
 // CPU launchers of the contract family (entry points: cuda/csrc/contract.cpp).
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include "nerfaccel/contract.h"
 #include "nerfaccel/launch.h"

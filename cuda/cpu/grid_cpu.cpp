@@ -1,7 +1,9 @@
 // CPU launchers of the grid family (entry points: cuda/csrc/grid.cpp).
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "nerfaccel/launch.h"
@@ -29,57 +31,97 @@ void ray_aabb_intersect_launch(const Tensor& rays_o, const Tensor& rays_d, const
 }
 
 namespace {
-// Appends a block's samples to its own buffers (the CPU march is single-pass: no count pass to disagree with).
+// Appends the lattice index of each kept sample of a block of rays to the block's buffer and counts the samples of
+// each ray: 4 bytes per sample while marching; the samples' t are recomputed from k afterwards (the same
+// TravLattice::t the march used, so the same values). The CPU march is single-pass: no count pass to disagree with.
 template <typename T>
-struct PushEmit {
-  std::vector<int64_t>* rays;
-  std::vector<T>* t;  // t0, t1 interleaved
-  int64_t ray;
-  void operator()(T t0, T t1) {
-    rays->push_back(ray);
-    t->push_back(t0);
-    t->push_back(t1);
+struct StageEmit {
+  std::vector<int32_t>* ks;
+  int32_t count;
+  void operator()(int32_t k, T, T) {
+    ks->push_back(k);
+    ++count;
   }
 };
 
+// The coarse blocks of TravGrid (coarse_block_any per block), in parallel.
+std::vector<uint8_t> coarse_blocks(const Tensor& binaries) {
+  const int32_t levels = static_cast<int32_t>(binaries.size(0));
+  const int32_t res[3] = {static_cast<int32_t>(binaries.size(1)), static_cast<int32_t>(binaries.size(2)),
+                          static_cast<int32_t>(binaries.size(3))};
+  const int32_t cx = (res[0] + kCoarse - 1) / kCoarse, cy = (res[1] + kCoarse - 1) / kCoarse;
+  const int32_t cz = (res[2] + kCoarse - 1) / kCoarse;
+  std::vector<uint8_t> coarse(static_cast<size_t>(levels) * cx * cy * cz);
+  const bool* b = binaries.data_ptr<bool>();
+  parallel_blocks(static_cast<int64_t>(levels) * cx, binaries.numel() > (1 << 20), [&](int64_t li) {
+    const int32_t l = static_cast<int32_t>(li / cx), bi = static_cast<int32_t>(li % cx);
+    for (int32_t bj = 0; bj < cy; ++bj) {
+      for (int32_t bk = 0; bk < cz; ++bk) coarse[(li * cy + bj) * cz + bk] = coarse_block_any(b, res, l, bi, bj, bk);
+    }
+  });
+  return coarse;
+}
+
+// The CPU march skips runs (traverse.h: coarse blocks and runs of occupied cells); NERFACCEL_TRAVERSE_RUNS=0 makes
+// it march as the CUDA kernel does (every occupied sample looked up, cell-by-cell DDA), so the CPU tests cover that
+// configuration of the shared code too.
+bool skip_runs() {
+  const char* v = std::getenv("NERFACCEL_TRAVERSE_RUNS");
+  return v == nullptr || std::string(v) != "0";
+}
+
+// Marches ray r with the configuration chosen by skip_runs().
+template <typename T, typename Emit, typename Stats>
+void march(bool runs, const T* o, const T* d, T near, T far, const TravGrid<T>& grid, T step, T cone, Emit& emit,
+           Stats& stats) {
+  if (runs) {
+    traverse_ray<true>(o, d, near, far, grid, step, cone, emit, stats);
+  } else {
+    traverse_ray<false>(o, d, near, far, grid, step, cone, emit, stats);
+  }
+}
+
 template <typename T>
-TravGrid<T> trav_grid(const Tensor& binaries, const Tensor& aabbs) {
+TravGrid<T> trav_grid(const Tensor& binaries, const Tensor& aabbs, const std::vector<uint8_t>& coarse) {
   return TravGrid<T>{binaries.data_ptr<bool>(), aabbs.data_ptr<T>(), static_cast<int32_t>(binaries.size(0)),
                      {static_cast<int32_t>(binaries.size(1)), static_cast<int32_t>(binaries.size(2)),
-                      static_cast<int32_t>(binaries.size(3))}};
+                      static_cast<int32_t>(binaries.size(3))},
+                     coarse.empty() ? nullptr : reinterpret_cast<const bool*>(coarse.data())};
 }
 }  // namespace
 
-// One march per ray (traverse.h), in the rays' precision, single pass: contiguous blocks of rays each append to
-// their own buffers, concatenated in block order (output sorted by ray, then t).
+// One march per ray (traverse.h), in the rays' precision, single pass: contiguous blocks of rays each stage their
+// samples' lattice indices, then every block writes its samples at its offset (output sorted by ray, then t).
 Tensors3 traverse_grids_launch(const Tensor& o_t, const Tensor& d_t, const Tensor& near_planes,
                                const Tensor& far_planes, const Tensor& binaries, const Tensor& aabbs,
                                double step_size, double cone_angle, const at::TensorOptions& out_opts) {
   const int64_t n = o_t.size(0);
   Tensor ray_indices, t_starts, t_ends;
+  const bool runs = skip_runs();
+  const std::vector<uint8_t> coarse = runs ? coarse_blocks(binaries) : std::vector<uint8_t>();
   AT_DISPATCH_FLOATING_TYPES(o_t.scalar_type(), "traverse_grids", [&] {
     using T = scalar_t;
-    const TravGrid<T> grid = trav_grid<T>(binaries, aabbs);
+    const TravGrid<T> grid = trav_grid<T>(binaries, aabbs, coarse);
     const T* o = o_t.data_ptr<T>();
     const T* d = d_t.data_ptr<T>();
     const T* nearp = near_planes.data_ptr<T>();
     const T* farp = far_planes.data_ptr<T>();
     const T step = static_cast<T>(step_size), cone = static_cast<T>(cone_angle);
     const int64_t n_blocks = std::min<int64_t>(n, static_cast<int64_t>(n_threads()) * 16);
-    const int64_t per_block = (n + n_blocks - 1) / n_blocks;
-    std::vector<std::vector<int64_t>> block_rays(n_blocks);
-    std::vector<std::vector<T>> block_t(n_blocks);
+    const int64_t per_block = n_blocks > 0 ? (n + n_blocks - 1) / n_blocks : 0;
+    std::vector<std::vector<int32_t>> block_k(n_blocks);
+    std::vector<int32_t> counts(n);
     parallel_blocks(n_blocks, n > 256, [&](int64_t blk) {
-      PushEmit<T> emit{&block_rays[blk], &block_t[blk], 0};
       NoStats stats;
       const int64_t r1 = std::min(n, (blk + 1) * per_block);
       for (int64_t r = blk * per_block; r < r1; ++r) {
-        emit.ray = r;
-        traverse_ray(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step, cone, emit, stats);
+        StageEmit<T> emit{&block_k[blk], 0};
+        march(runs, o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step, cone, emit, stats);
+        counts[r] = emit.count;
       }
     });
     std::vector<int64_t> offsets(n_blocks + 1, 0);
-    for (int64_t blk = 0; blk < n_blocks; ++blk) offsets[blk + 1] = offsets[blk] + block_rays[blk].size();
+    for (int64_t blk = 0; blk < n_blocks; ++blk) offsets[blk + 1] = offsets[blk] + block_k[blk].size();
     const int64_t total = offsets[n_blocks];
     ray_indices = at::empty({total}, out_opts.dtype(at::kLong));
     t_starts = at::empty({total}, out_opts);
@@ -88,13 +130,17 @@ Tensors3 traverse_grids_launch(const Tensor& o_t, const Tensor& d_t, const Tenso
     T* ts = t_starts.data_ptr<T>();
     T* te = t_ends.data_ptr<T>();
     parallel_blocks(n_blocks, total > kParallelGrain, [&](int64_t blk) {
-      const int64_t base = offsets[blk];
-      const auto& rs = block_rays[blk];
-      const auto& tv = block_t[blk];
-      for (size_t i = 0; i < rs.size(); ++i) {
-        ri[base + i] = rs[i];
-        ts[base + i] = tv[2 * i];
-        te[base + i] = tv[2 * i + 1];
+      int64_t pos = offsets[blk];
+      const int32_t* ks = block_k[blk].data();
+      const int64_t r1 = std::min(n, (blk + 1) * per_block);
+      for (int64_t r = blk * per_block; r < r1; ++r) {
+        if (counts[r] == 0) continue;
+        const TravLattice<T> lat(nearp[r], step, cone);
+        for (int32_t j = 0; j < counts[r]; ++j, ++pos, ++ks) {
+          ri[pos] = r;
+          ts[pos] = lat.t(*ks);
+          te[pos] = lat.t(*ks + 1);
+        }
       }
     });
   });
@@ -106,9 +152,11 @@ void traverse_grids_visits_launch(const Tensor& o_t, const Tensor& d_t, const Te
                                   double step_size, double cone_angle, Tensor& visits) {
   const int64_t n = o_t.size(0);
   int64_t* v = visits.data_ptr<int64_t>();
+  const bool runs = skip_runs();
+  const std::vector<uint8_t> coarse = runs ? coarse_blocks(binaries) : std::vector<uint8_t>();
   AT_DISPATCH_FLOATING_TYPES(o_t.scalar_type(), "traverse_grids_visits", [&] {
     using T = scalar_t;
-    const TravGrid<T> grid = trav_grid<T>(binaries, aabbs);
+    const TravGrid<T> grid = trav_grid<T>(binaries, aabbs, coarse);
     const T* o = o_t.data_ptr<T>();
     const T* d = d_t.data_ptr<T>();
     const T* nearp = near_planes.data_ptr<T>();
@@ -116,8 +164,8 @@ void traverse_grids_visits_launch(const Tensor& o_t, const Tensor& d_t, const Te
     parallel_rays(n, [&](int64_t r) {
       SlotEmit<T> emit{nullptr, nullptr, nullptr, 0, 0, r, false};  // count only
       VisitStats stats;
-      traverse_ray(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, static_cast<T>(step_size),
-                   static_cast<T>(cone_angle), emit, stats);
+      march(runs, o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, static_cast<T>(step_size),
+            static_cast<T>(cone_angle), emit, stats);
       v[r] = stats.visits;
     });
   });

@@ -1,6 +1,6 @@
 // CPU launchers of the hash family (entry points: cuda/csrc/hash.cpp): OpenMP over points (forward, x gradient)
 // and over levels (table gradient: levels own disjoint parts of the table, so no atomics and deterministic sums).
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include "nerfaccel/hash.h"
 #include "nerfaccel/launch.h"

@@ -1,5 +1,5 @@
 // CPU launchers of the pdf family (entry points: cuda/csrc/pdf.cpp).
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include "nerfaccel/launch.h"
 #include "nerfaccel/pdf.h"

@@ -1,5 +1,5 @@
 // CPU launchers of the scan family (entry points: cuda/csrc/scan.cpp): one chunk per OpenMP iteration.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include <algorithm>
 

@@ -1,6 +1,6 @@
 // CPU launchers of the volrend family (entry points: cuda/csrc/volrend.cpp): one chunk per OpenMP iteration, the
 // running sums in double (acc_t), the exponentials in vectorised passes.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include <algorithm>
 #include <vector>

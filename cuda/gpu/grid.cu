@@ -88,7 +88,8 @@ Tensors3 traverse_grids_launch(const Tensor& o, const Tensor& d, const Tensor& n
     using T = scalar_t;
     const TravGrid<T> grid{binaries.data_ptr<bool>(), aabbs.data_ptr<T>(), static_cast<int32_t>(binaries.size(0)),
                            {static_cast<int32_t>(binaries.size(1)), static_cast<int32_t>(binaries.size(2)),
-                            static_cast<int32_t>(binaries.size(3))}};
+                            static_cast<int32_t>(binaries.size(3))},
+                           nullptr};  // no coarse blocks: traverse_kernel marches without run skipping (traverse.h)
     const T step = static_cast<T>(step_size), cone = static_cast<T>(cone_angle);
     NA_LAUNCH(traverse_kernel<T>, n, o.data_ptr<T>(), d.data_ptr<T>(), near_planes.data_ptr<T>(),
               far_planes.data_ptr<T>(), grid, step, cone, n, static_cast<const int64_t*>(nullptr),

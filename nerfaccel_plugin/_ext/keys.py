@@ -36,7 +36,10 @@ def _libmvec() -> bool:
 
 
 _MVEC = _libmvec()
-CXX_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-DNERFACCEL_EXT"] + (["-DNERFACCEL_LIBMVEC"] if _MVEC else [])
+# -fvisibility=hidden: the inline header math binds locally (no PLT calls between our own functions); only
+# PyInit_* is exported (pybind11 marks it).
+CXX_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fvisibility=hidden", "-DNERFACCEL_EXT"]
+CXX_FLAGS += ["-DNERFACCEL_LIBMVEC"] if _MVEC else []
 LD_FLAGS = ["-fopenmp"] + (["-lmvec"] if _MVEC else [])
 # -fmad=false: no fused multiply-adds, like -ffp-contract=off for the CPU build, so both builds round the shared
 # math the same way (traversal's sample positions and the per-ray sums match the reference exactly).

@@ -1,7 +1,7 @@
 // Host-side argument checks used by the entry points of cuda/csrc/ (compiled into both builds).
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include <algorithm>
 #include <optional>

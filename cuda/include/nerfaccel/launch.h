@@ -9,7 +9,7 @@
 // served by Triton kernels registered from Python (nerfaccel_plugin/_triton, issue 13), or by the reference.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include <optional>
 #include <tuple>

@@ -18,6 +18,8 @@
 // is the same instruction stream in both passes.
 #pragma once
 
+#include <cstring>
+
 #include "common.h"
 
 NA_NAMESPACE_BEGIN
@@ -43,8 +45,13 @@ NA_HD float na_log(float x) { return logf(x); }
 NA_HD double na_log(double x) { return log(x); }
 NA_HD float na_log1p(float x) { return log1pf(x); }
 NA_HD double na_log1p(double x) { return log1p(x); }
+#if defined(__CUDA_ARCH__)
 NA_HD bool na_isfinite(float x) { return isfinite(x); }
 NA_HD bool na_isfinite(double x) { return isfinite(x); }
+#else
+NA_HD bool na_isfinite(float x) { return std::isfinite(x); }
+NA_HD bool na_isfinite(double x) { return std::isfinite(x); }
+#endif
 
 template <typename T>
 struct TravEps;
@@ -116,16 +123,31 @@ NA_HD double TravLattice<double>::geom(int32_t extra) const {
   return pow(1.0 + cone, static_cast<double>(extra));
 }
 
-// The stack of occupancy grids, level l covering aabbs[l] with rx * ry * rz cells.
+// Side of the coarse blocks of the occupancy grids, in cells: the DDA crosses a block with no occupied cell in one
+// step instead of up to 3 * kCoarse steps.
+constexpr int32_t kCoarse = 8;
+static_assert((kCoarse & (kCoarse - 1)) == 0, "kCoarse is a power of two");
+
+// The stack of occupancy grids, level l covering aabbs[l] with rx * ry * rz cells, and optionally its coarse
+// blocks: coarse[l, bi, bj, bk] is true when any cell of level l with (i, j, k) / kCoarse == (bi, bj, bk) is
+// occupied (built per call by coarse_block_any; nullptr: no block skipping, the result is the same).
 template <typename T>
 struct TravGrid {
   const bool* binaries;  // [levels, rx, ry, rz]
   const T* aabbs;        // [levels, 6]
   int32_t levels, res[3];
+  const bool* coarse;  // [levels, cres[0], cres[1], cres[2]] or nullptr
 
   NA_HD bool cell(int32_t l, int32_t i, int32_t j, int32_t k) const {
     return binaries[static_cast<int64_t>(l) * res[0] * res[1] * res[2] + (static_cast<int64_t>(i) * res[1] + j) * res[2] +
                     k];
+  }
+  NA_HD int32_t coarse_res(int a) const { return (res[a] + kCoarse - 1) / kCoarse; }
+  // Whether the block holding cell (i, j, k) >= 0 of level l has an occupied cell (true without blocks).
+  NA_HD bool block(int32_t l, int32_t i, int32_t j, int32_t k) const {
+    if (coarse == nullptr) return true;
+    const int32_t bi = i / kCoarse, bj = j / kCoarse, bk = k / kCoarse;
+    return coarse[((static_cast<int64_t>(l) * coarse_res(0) + bi) * coarse_res(1) + bj) * coarse_res(2) + bk];
   }
 
   // Lowest-index level whose box holds x (returns -1 for none) and x's cell in it, as the reference computes it:
@@ -148,6 +170,34 @@ struct TravGrid {
   }
 };
 
+// Whether any of the n flags at p is set (the host reads 8 at a time).
+NA_HD bool any_set(const bool* p, int32_t n) {
+#if !defined(__CUDA_ARCH__)
+  if (n == 8) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v != 0;
+  }
+#endif
+  for (int32_t k = 0; k < n; ++k) {
+    if (p[k]) return true;
+  }
+  return false;
+}
+
+// Whether block (bi, bj, bk) of level l has an occupied cell: one entry of TravGrid::coarse.
+NA_HD bool coarse_block_any(const bool* binaries, const int32_t* res, int32_t l, int32_t bi, int32_t bj, int32_t bk) {
+  const int32_t i1 = na_min(res[0], (bi + 1) * kCoarse), j1 = na_min(res[1], (bj + 1) * kCoarse);
+  const int32_t k0 = bk * kCoarse, n = na_min(res[2], k0 + kCoarse) - k0;
+  for (int32_t i = bi * kCoarse; i < i1; ++i) {
+    for (int32_t j = bj * kCoarse; j < j1; ++j) {
+      const int64_t row = ((static_cast<int64_t>(l) * res[0] + i) * res[1] + j) * res[2];
+      if (any_set(binaries + row + k0, n)) return true;
+    }
+  }
+  return false;
+}
+
 // How far before a computed crossing t_c of the plane x_a = p the march may resume without skipping a midpoint
 // that the cell lookup would place beyond the plane: the lookup and the plane carry rounding errors of a few ulps
 // of the coordinates involved, which are 1 / |d_a| times larger in t.
@@ -158,12 +208,14 @@ NA_HD T skip_margin(T t_c, T o_a, T d_a, T p, T box_extent) {
   return T(16) * eps * (na_abs(t_c) + pos / na_abs(d_a));
 }
 
-// From the empty cell `idx` of level `lvl` holding the midpoint m: the t (minus its safety margin) at which the run
-// of empty cells along the ray ends. The walk stops at the first occupied cell, at the exit of the level's box, at
-// the entry into a lower-index level's box (whose cells take precedence there), or at t_stop (the ray's end).
-template <typename T>
-NA_HD T empty_run_end(const T* o, const T* d, T m, const TravGrid<T>& grid, int32_t lvl, const int32_t* idx,
-                      T t_stop) {
+// From the cell `idx` of level `lvl` holding the midpoint m, whose occupancy is `occupied`: the t (minus its safety
+// margin) at which the run of cells with that same occupancy ends along the ray. The walk stops at the first cell
+// of the other kind, at the exit of the level's box, at the entry into a lower-index level's box (whose cells take
+// precedence there), or at t_stop (the ray's end). A run of empty cells crosses a coarse block without an occupied
+// cell in one step.
+template <bool kRuns, typename T>
+NA_HD T run_end(const T* o, const T* d, T m, const TravGrid<T>& grid, int32_t lvl, const int32_t* idx, T t_stop,
+                bool occupied) {
   T t_end = t_stop;
   T margin = T(0);
   // Lower-index levels ahead: their box entry ends the run.
@@ -186,7 +238,7 @@ NA_HD T empty_run_end(const T* o, const T* d, T m, const TravGrid<T>& grid, int3
       t_out = na_min(t_out, tb);
     }
     if (!(t_out > t_in) || !(t_out > m)) continue;  // missed, or behind the midpoint
-    if (!(t_in > m) || a_in < 0) return m;          // rounding says we are inside it: no jump
+    if (!(t_in > m) || a_in < 0) return m;          // rounding says we are inside it: no run
     if (t_in < t_end) {
       t_end = t_in;
       const T p = d[a_in] > T(0) ? box[a_in] : box[a_in + 3];
@@ -194,23 +246,41 @@ NA_HD T empty_run_end(const T* o, const T* d, T m, const TravGrid<T>& grid, int3
     }
   }
   // DDA over the cells of level lvl. Scalars per axis (no arrays indexed by a runtime axis: on the GPU those would
-  // live in local memory).
+  // live in local memory). Every crossing is the closed form (plane(i) - o_a) / d_a of a cell index, in cells or
+  // in blocks alike, so nothing drifts and the block steps cross exactly the planes the cell steps would.
   const T* box = grid.aabbs + 6 * lvl;
-  int32_t ix = idx[0], iy = idx[1], iz = idx[2];
-  const T csx = (box[3] - box[0]) / static_cast<T>(grid.res[0]);
-  const T csy = (box[4] - box[1]) / static_cast<T>(grid.res[1]);
-  const T csz = (box[5] - box[2]) / static_cast<T>(grid.res[2]);
-  // The plane through which the ray leaves cell i along axis a, and where.
-  auto plane = [&](int a, int32_t i, T cs) { return box[a] + static_cast<T>(i + (d[a] > T(0) ? 1 : 0)) * cs; };
+  const int32_t rx = grid.res[0], ry = grid.res[1], rz = grid.res[2];
+  const T csx = (box[3] - box[0]) / static_cast<T>(rx);
+  const T csy = (box[4] - box[1]) / static_cast<T>(ry);
+  const T csz = (box[5] - box[2]) / static_cast<T>(rz);
+  const int32_t sx = d[0] > T(0) ? 1 : -1, sy = d[1] > T(0) ? 1 : -1, sz = d[2] > T(0) ? 1 : -1;
   // 1 / d_a once (a multiply per step instead of a divide; its extra ulp is inside the margin).
   const T inv0 = T(1) / d[0], inv1 = T(1) / d[1], inv2 = T(1) / d[2];
-  auto cross = [&](int a, int32_t i, T cs) {
-    const T inv = a == 0 ? inv0 : (a == 1 ? inv1 : inv2);
-    return d[a] == T(0) ? na_inf<T>() : (plane(a, i, cs) - o[a]) * inv;
+  // The plane through which the ray leaves cell i along an axis, and where it crosses it (never, for d_a == 0).
+  auto plane_x = [&](int32_t i) { return box[0] + static_cast<T>(i + (sx > 0 ? 1 : 0)) * csx; };
+  auto plane_y = [&](int32_t i) { return box[1] + static_cast<T>(i + (sy > 0 ? 1 : 0)) * csy; };
+  auto plane_z = [&](int32_t i) { return box[2] + static_cast<T>(i + (sz > 0 ? 1 : 0)) * csz; };
+  auto cross_x = [&](int32_t i) { return d[0] == T(0) ? na_inf<T>() : (plane_x(i) - o[0]) * inv0; };
+  auto cross_y = [&](int32_t i) { return d[1] == T(0) ? na_inf<T>() : (plane_y(i) - o[1]) * inv1; };
+  auto cross_z = [&](int32_t i) { return d[2] == T(0) ? na_inf<T>() : (plane_z(i) - o[2]) * inv2; };
+  // The last cell of i's block along an axis of resolution r, in the ray's direction s (i >= 0).
+  auto block_last = [&](int32_t i, int32_t r, int32_t s) {
+    const int32_t first = i & -kCoarse;
+    return s > 0 ? na_min(first + kCoarse - 1, r - 1) : first;
   };
-  T tnx = cross(0, ix, csx), tny = cross(1, iy, csy), tnz = cross(2, iz, csz);
-  const int32_t max_steps = grid.res[0] + grid.res[1] + grid.res[2] + 3;
+  auto cell = [&](int32_t i, int32_t j, int32_t k) { return grid.cell(lvl, i, j, k); };
+  // Whether the ray is in a run of empty cells whose block has no occupied cell.
+  auto skip_block = [&](int32_t i, int32_t j, int32_t k) { return kRuns && !occupied && !grid.block(lvl, i, j, k); };
+  int32_t ix = idx[0], iy = idx[1], iz = idx[2];
+  // skipping: the current cell's block has no occupied cell (only in a run of empty cells); then the tn* are the
+  // crossings out of the block's last cells along the ray (block_last), else out of the cell.
+  bool skipping = skip_block(ix, iy, iz);
+  T tnx = cross_x(skipping ? block_last(ix, rx, sx) : ix);
+  T tny = cross_y(skipping ? block_last(iy, ry, sy) : iy);
+  T tnz = cross_z(skipping ? block_last(iz, rz, sz) : iz);
+  const int32_t max_steps = rx + ry + rz + 3;
   for (int32_t s = 0; s < max_steps; ++s) {
+    // The axis whose plane comes first (ties: x, then y).
     int a = 0;
     T t_c = tnx;
     if (tny < t_c) {
@@ -222,23 +292,33 @@ NA_HD T empty_run_end(const T* o, const T* d, T m, const TravGrid<T>& grid, int3
       t_c = tnz;
     }
     if (!(t_c < t_end)) break;  // the run reaches t_end (also catches NaN)
-    // Leaving the cell through the plane of axis a at t_c.
-    const T cs = a == 0 ? csx : (a == 1 ? csy : csz);
+    // Leaving cell (or block) e_a through the plane of axis a at t_c: the next cell along a is e_a + s_a.
     const int32_t i_a = a == 0 ? ix : (a == 1 ? iy : iz);
-    const int32_t i_next = i_a + (d[a] > T(0) ? 1 : -1);
-    const int32_t res_a = a == 0 ? grid.res[0] : (a == 1 ? grid.res[1] : grid.res[2]);
+    const int32_t res_a = a == 0 ? rx : (a == 1 ? ry : rz);
+    const int32_t s_a = a == 0 ? sx : (a == 1 ? sy : sz);
+    const int32_t e_a = skipping ? block_last(i_a, res_a, s_a) : i_a;
+    const int32_t i_next = e_a + s_a;
+    if (skipping) {
+      // Across a block: along the other axes, the cell holding the crossing point is found by crossing the cell
+      // planes that come first (a tie with an axis ordered before a counts as first, as in cell steps). They lie
+      // inside the block: its own exit planes on those axes come at t_c or later.
+      for (int32_t q = 1; q < kCoarse && a != 0 && cross_x(ix) <= t_c; ++q) ix += sx;
+      for (int32_t q = 1; q < kCoarse && a != 1 && (a == 2 ? cross_y(iy) <= t_c : cross_y(iy) < t_c); ++q) iy += sy;
+      for (int32_t q = 1; q < kCoarse && a != 2 && cross_z(iz) < t_c; ++q) iz += sz;
+    }
     if (a == 0) ix = i_next;
     if (a == 1) iy = i_next;
     if (a == 2) iz = i_next;
-    if (i_next < 0 || i_next >= res_a || grid.cell(lvl, ix, iy, iz) || s + 1 == max_steps) {
+    if (i_next < 0 || i_next >= res_a || cell(ix, iy, iz) != occupied || s + 1 == max_steps) {
+      const T p = a == 0 ? plane_x(e_a) : (a == 1 ? plane_y(e_a) : plane_z(e_a));
       t_end = t_c;
-      margin = skip_margin(t_c, o[a], d[a], plane(a, i_a, cs), box[a + 3] - box[a]);
+      margin = skip_margin(t_c, o[a], d[a], p, box[a + 3] - box[a]);
       break;
     }
-    const T t_n = cross(a, i_next, cs);
-    if (a == 0) tnx = t_n;
-    if (a == 1) tny = t_n;
-    if (a == 2) tnz = t_n;
+    skipping = skip_block(ix, iy, iz);
+    tnx = cross_x(skipping ? block_last(ix, rx, sx) : ix);
+    tny = cross_y(skipping ? block_last(iy, ry, sy) : iy);
+    tnz = cross_z(skipping ? block_last(iz, rz, sz) : iz);
   }
   return t_end - margin;
 }
@@ -253,7 +333,7 @@ struct SlotEmit {
   int64_t end;
   int64_t ray;
   bool write;
-  NA_HD void operator()(T a, T b) {
+  NA_HD void operator()(int32_t, T a, T b) {
     if (write && pos < end) {
       rays[pos] = ray;
       t0[pos] = a;
@@ -272,9 +352,9 @@ struct VisitStats {
   NA_HD void visit() { ++visits; }
 };
 
-// Marches one ray; calls emit(t0, t1) for each kept sample, in order, and stats.visit() for every lattice point
+// Marches one ray; calls emit(k, t0, t1) for each kept sample (lattice index k, t0 = t_k, t1 = t_{k+1}), in order, and stats.visit() for every lattice point
 // evaluated.
-template <typename T, typename Emit, typename Stats>
+template <bool kRuns, typename T, typename Emit, typename Stats>
 NA_HD void traverse_ray(const T* o, const T* d, T near, T far, const TravGrid<T>& grid, T step_size, T cone_angle,
                            Emit& emit, Stats& stats) {
   T lo = na_inf<T>(), hi = -na_inf<T>();
@@ -324,13 +404,26 @@ NA_HD void traverse_ray(const T* o, const T* d, T near, T far, const TravGrid<T>
       ++k;
       continue;
     }
-    if (grid.cell(lvl, idx[0], idx[1], idx[2])) {
-      emit(t0, t1);
+    const bool occupied = grid.cell(lvl, idx[0], idx[1], idx[2]);
+    if (occupied) emit(k, t0, t1);
+    if (occupied && !kRuns) {
       ++k;
       continue;
     }
-    const T t_resume = empty_run_end(o, d, m, grid, lvl, idx, hi);
-    const int32_t k_next = t_resume > m ? lat.first_mid_at_or_after(t_resume) : k + 1;
+    const T t_run = run_end<kRuns>(o, d, m, grid, lvl, idx, hi, occupied);
+    if (occupied) {
+      // Every later sample whose midpoint lies before the end of this run of occupied cells (minus the margin),
+      // without a cell lookup each.
+      for (++k; k < k_hi; ++k) {
+        const T a = lat.t(k), b = lat.t(k + 1);
+        const T mm = T(0.5) * (a + b);
+        if (!(mm < t_run)) break;
+        stats.visit();
+        emit(k, a, b);
+      }
+      continue;
+    }
+    const int32_t k_next = t_run > m ? lat.first_mid_at_or_after(t_run) : k + 1;
     k = k_next > k ? k_next : k + 1;
   }
 }
@@ -351,10 +444,11 @@ __global__ void __launch_bounds__(256, 4) traverse_kernel(const T* o, const T* d
     if (write && counts[r] == 0) continue;
     SlotEmit<T> emit{rays, t0, t1, write ? ends[r] - counts[r] : 0, write ? ends[r] : 0, r, write};
     NoStats stats;
-    traverse_ray(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step, cone, emit, stats);
+    traverse_ray<false>(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step, cone, emit, stats);
     if (!write) counts[r] = emit.pos;  // the count pass starts at slot 0
   }
 }
+
 #endif
 
 NA_NAMESPACE_END
