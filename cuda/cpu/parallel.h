@@ -32,6 +32,20 @@ void parallel_elems(int64_t n, F fn) {
   for (int64_t i = 0; i < n; ++i) fn(i);
 }
 
+// Samples of batched rows below which one thread does a whole call: a parallel region (wake-up, join) costs
+// several microseconds, more on a loaded machine, and a thread gets ~0.5 ns of work per sample.
+constexpr int64_t kRowGrainSamples = 32768;
+
+// Calls fn(b) for b in [0, n_blocks) of equal blocks of `block_items` items each: one contiguous range of blocks per
+// thread (a static split, as at::parallel_for does; no per-block scheduling), one thread below kRowGrainSamples.
+template <typename F>
+void parallel_equal_blocks(int64_t n_blocks, int64_t block_items, F fn) {
+  const int64_t grain = std::max<int64_t>(1, kRowGrainSamples / std::max<int64_t>(1, block_items));
+  at::parallel_for(0, n_blocks, grain, [&](int64_t lo, int64_t hi) {
+    for (int64_t b = lo; b < hi; ++b) fn(b);
+  });
+}
+
 // One call per block of work, blocks handed out one at a time.
 template <typename F>
 void parallel_blocks(int64_t n_blocks, bool parallel, F fn) {

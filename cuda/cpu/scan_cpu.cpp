@@ -42,10 +42,30 @@ void scan_sum_bwd_rows(const T* g, T* gx, int64_t r0, int64_t nr, int64_t s, boo
   }
 }
 
+// The division-free product backward of scan.h (scan_prod_bwd), kRows rows at a time.
+template <typename T>
+void scan_prod_bwd_rows(const T* g, const T* x, const T* y, T* gx, int64_t r0, int64_t nr, int64_t s, bool exclusive) {
+  using A = acc_t<T>;
+  A e[kRows] = {};  // E_{j+1} of each row on entry to step j
+  for (int64_t j = s - 1; j >= 0; --j) {
+    const bool has_next = j + 1 < s;
+    for (int64_t k = 0; k < nr; ++k) {
+      const int64_t i = (r0 + k) * s + j;
+      if (exclusive) {
+        e[k] = has_next ? A(g[i + 1]) + A(x[i + 1]) * e[k] : A(0);
+      } else {
+        e[k] = has_next ? A(g[i]) + A(x[i + 1]) * e[k] : A(g[i]);
+      }
+      const A p = exclusive ? A(y[i]) : (j > 0 ? A(y[i - 1]) : A(1));
+      gx[i] = static_cast<T>(p * e[k]);
+    }
+  }
+}
+
 template <typename F>
 void parallel_row_blocks(const Chunks& chunks, F fn) {
   const int64_t n_blocks = (chunks.rows + kRows - 1) / kRows;
-  parallel_blocks(n_blocks, chunks.rows * chunks.stride > kParallelGrain, [&](int64_t b) {
+  parallel_equal_blocks(n_blocks, kRows * chunks.stride, [&](int64_t b) {
     fn(b * kRows, std::min(kRows, chunks.rows - b * kRows));
   });
 }
@@ -79,8 +99,14 @@ void scan_bwd_launch(const Tensor& grad, const Tensor& inputs, const Tensor& out
     const scalar_t* x = inputs.data_ptr<scalar_t>();
     const scalar_t* y = outputs.data_ptr<scalar_t>();
     scalar_t* gx = g_inputs.data_ptr<scalar_t>();
-    if (chunks.packed == nullptr && !prod) {
-      parallel_row_blocks(chunks, [&](int64_t r0, int64_t nr) { scan_sum_bwd_rows(g, gx, r0, nr, chunks.stride, exclusive); });
+    if (chunks.packed == nullptr) {
+      parallel_row_blocks(chunks, [&](int64_t r0, int64_t nr) {
+        if (prod) {
+          scan_prod_bwd_rows(g, x, y, gx, r0, nr, chunks.stride, exclusive);
+        } else {
+          scan_sum_bwd_rows(g, gx, r0, nr, chunks.stride, exclusive);
+        }
+      });
       return;
     }
     parallel_rays(chunks.rows, [&](int64_t r) {

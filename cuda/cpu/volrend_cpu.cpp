@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "nerfaccel/launch.h"
@@ -25,8 +26,17 @@ T* mut_or_null(Tensor& t) {
 // the block. The same operations in the same order per ray as render_density_fwd_ray / _bwd_ray.
 constexpr int64_t kRows = 8;
 
+// float32 rows also get an AVX2 clone chosen at load time (GCC target_clones, x86-64 with libmvec): its exp passes
+// call libmvec's 8-wide expf. No FMA (-ffp-contract=off holds), so the running sums round as in the default clone.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(NERFACCEL_LIBMVEC)
+#define NA_ROW_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define NA_ROW_CLONES
+#endif
+#define NA_ROW_INLINE inline __attribute__((always_inline))
+
 template <typename T>
-void density_fwd_rows(const T* t0, const T* t1, const T* sg, T* a, T* w, T* tr, int64_t r0, int64_t nr, int64_t s) {
+NA_ROW_INLINE void density_fwd_rows(const T* t0, const T* t1, const T* sg, T* a, T* w, T* tr, int64_t r0, int64_t nr, int64_t s) {
   acc_t<T> acc[kRows] = {};
   for (int64_t j = 0; j < s; ++j) {
     for (int64_t k = 0; k < nr; ++k) {
@@ -49,7 +59,7 @@ void density_fwd_rows(const T* t0, const T* t1, const T* sg, T* a, T* w, T* tr, 
 }
 
 template <typename T>
-void density_bwd_rows(const T* gw, const T* gt, const T* ga, const T* t0, const T* t1, const T* sigma, const T* trans,
+NA_ROW_INLINE void density_bwd_rows(const T* gw, const T* gt, const T* ga, const T* t0, const T* t1, const T* sigma, const T* trans,
                       const T* alpha, T* g_t0, T* g_t1, T* g_sigma, int64_t r0, int64_t nr, int64_t s) {
   using A = acc_t<T>;
   const int64_t lo = r0 * s, hi = (r0 + nr) * s;
@@ -72,11 +82,40 @@ void density_bwd_rows(const T* gw, const T* gt, const T* ga, const T* t0, const 
   }
 }
 
+NA_ROW_CLONES void density_fwd_rows_f32(const float* t0, const float* t1, const float* sg, float* a, float* w,
+                                        float* tr, int64_t r0, int64_t nr, int64_t s) {
+  density_fwd_rows(t0, t1, sg, a, w, tr, r0, nr, s);
+}
+NA_ROW_CLONES void density_bwd_rows_f32(const float* gw, const float* gt, const float* ga, const float* t0,
+                                        const float* t1, const float* sigma, const float* trans, const float* alpha,
+                                        float* g_t0, float* g_t1, float* g_sigma, int64_t r0, int64_t nr, int64_t s) {
+  density_bwd_rows(gw, gt, ga, t0, t1, sigma, trans, alpha, g_t0, g_t1, g_sigma, r0, nr, s);
+}
+template <typename T>
+void density_fwd_rows_any(const T* t0, const T* t1, const T* sg, T* a, T* w, T* tr, int64_t r0, int64_t nr,
+                          int64_t s) {
+  if constexpr (std::is_same_v<T, float>) {
+    density_fwd_rows_f32(t0, t1, sg, a, w, tr, r0, nr, s);
+  } else {
+    density_fwd_rows(t0, t1, sg, a, w, tr, r0, nr, s);
+  }
+}
+template <typename T>
+void density_bwd_rows_any(const T* gw, const T* gt, const T* ga, const T* t0, const T* t1, const T* sigma,
+                          const T* trans, const T* alpha, T* g_t0, T* g_t1, T* g_sigma, int64_t r0, int64_t nr,
+                          int64_t s) {
+  if constexpr (std::is_same_v<T, float>) {
+    density_bwd_rows_f32(gw, gt, ga, t0, t1, sigma, trans, alpha, g_t0, g_t1, g_sigma, r0, nr, s);
+  } else {
+    density_bwd_rows(gw, gt, ga, t0, t1, sigma, trans, alpha, g_t0, g_t1, g_sigma, r0, nr, s);
+  }
+}
+
 // Calls fn(first_row, n_rows) for blocks of kRows rows of a batched layout, in parallel.
 template <typename F>
 void parallel_row_blocks(const Chunks& chunks, F fn) {
   const int64_t n_blocks = (chunks.rows + kRows - 1) / kRows;
-  parallel_blocks(n_blocks, chunks.rows * chunks.stride > kParallelGrain, [&](int64_t b) {
+  parallel_equal_blocks(n_blocks, kRows * chunks.stride, [&](int64_t b) {
     fn(b * kRows, std::min(kRows, chunks.rows - b * kRows));
   });
 }
@@ -98,7 +137,7 @@ void density_fwd_launch(const Tensor& t_starts, const Tensor& t_ends, const Tens
     }
     if (chunks.packed == nullptr) {
       parallel_row_blocks(chunks, [&](int64_t r0, int64_t nr) {
-        density_fwd_rows(t0, t1, sg, a, w, tr, r0, nr, chunks.stride);
+        density_fwd_rows_any(t0, t1, sg, a, w, tr, r0, nr, chunks.stride);
       });
       return;
     }
@@ -129,7 +168,7 @@ void density_bwd_launch(const Tensor& g_w, const Tensor& g_trans, const Tensor& 
     }
     if (chunks.packed == nullptr) {
       parallel_row_blocks(chunks, [&](int64_t r0, int64_t nr) {
-        density_bwd_rows(gw, gt, ga, t0, t1, sg, tr, a, o0, o1, os, r0, nr, chunks.stride);
+        density_bwd_rows_any(gw, gt, ga, t0, t1, sg, tr, a, o0, o1, os, r0, nr, chunks.stride);
       });
       return;
     }
