@@ -31,16 +31,27 @@ void ray_aabb_intersect_launch(const Tensor& rays_o, const Tensor& rays_d, const
 }
 
 namespace {
-// Appends the lattice index of each kept sample of a block of rays to the block's buffer and counts the samples of
-// each ray: 4 bytes per sample while marching; the samples' t are recomputed from k afterwards (the same
-// TravLattice::t the march used, so the same values). The CPU march is single-pass: no count pass to disagree with.
+// Stages the kept samples of a block of rays as spans [k0, k1) of lattice indices (a run of occupied cells is one
+// span; consecutive single samples extend it) and counts the samples of each ray; the samples' t are recomputed
+// from k afterwards (the same TravLattice::t the march used, so the same values). The CPU march is single-pass:
+// no count pass to disagree with.
 template <typename T>
 struct StageEmit {
-  std::vector<int32_t>* ks;
-  int32_t count;
-  void operator()(int32_t k, T, T) {
-    ks->push_back(k);
-    ++count;
+  std::vector<int32_t>* spans;  // k0, k1 pairs
+  int32_t count = 0;
+  bool open = false;  // the last span is this ray's (created per ray)
+  void range(const TravLattice<T>&, int32_t k0, int32_t k1) { add(k0, k1); }
+  void operator()(int32_t k, T, T) { add(k, k + 1); }
+  void add(int32_t k0, int32_t k1) {
+    if (k1 <= k0) return;
+    count += k1 - k0;
+    if (open && spans->back() == k0) {
+      spans->back() = k1;
+      return;
+    }
+    spans->push_back(k0);
+    spans->push_back(k1);
+    open = true;
   }
 };
 
@@ -109,19 +120,23 @@ Tensors3 traverse_grids_launch(const Tensor& o_t, const Tensor& d_t, const Tenso
     const T step = static_cast<T>(step_size), cone = static_cast<T>(cone_angle);
     const int64_t n_blocks = std::min<int64_t>(n, static_cast<int64_t>(n_threads()) * 16);
     const int64_t per_block = n_blocks > 0 ? (n + n_blocks - 1) / n_blocks : 0;
-    std::vector<std::vector<int32_t>> block_k(n_blocks);
+    std::vector<std::vector<int32_t>> block_spans(n_blocks);
     std::vector<int32_t> counts(n);
     parallel_blocks(n_blocks, n > 256, [&](int64_t blk) {
       NoStats stats;
       const int64_t r1 = std::min(n, (blk + 1) * per_block);
       for (int64_t r = blk * per_block; r < r1; ++r) {
-        StageEmit<T> emit{&block_k[blk], 0};
+        StageEmit<T> emit{&block_spans[blk]};
         march(runs, o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step, cone, emit, stats);
         counts[r] = emit.count;
       }
     });
     std::vector<int64_t> offsets(n_blocks + 1, 0);
-    for (int64_t blk = 0; blk < n_blocks; ++blk) offsets[blk + 1] = offsets[blk] + block_k[blk].size();
+    for (int64_t blk = 0; blk < n_blocks; ++blk) {
+      int64_t c = 0;
+      for (int64_t r = blk * per_block, r1 = std::min(n, (blk + 1) * per_block); r < r1; ++r) c += counts[r];
+      offsets[blk + 1] = offsets[blk] + c;
+    }
     const int64_t total = offsets[n_blocks];
     ray_indices = at::empty({total}, out_opts.dtype(at::kLong));
     t_starts = at::empty({total}, out_opts);
@@ -131,15 +146,21 @@ Tensors3 traverse_grids_launch(const Tensor& o_t, const Tensor& d_t, const Tenso
     T* te = t_ends.data_ptr<T>();
     parallel_blocks(n_blocks, total > kParallelGrain, [&](int64_t blk) {
       int64_t pos = offsets[blk];
-      const int32_t* ks = block_k[blk].data();
+      const int32_t* span = block_spans[blk].data();
       const int64_t r1 = std::min(n, (blk + 1) * per_block);
       for (int64_t r = blk * per_block; r < r1; ++r) {
         if (counts[r] == 0) continue;
         const TravLattice<T> lat(nearp[r], step, cone);
-        for (int32_t j = 0; j < counts[r]; ++j, ++pos, ++ks) {
-          ri[pos] = r;
-          ts[pos] = lat.t(*ks);
-          te[pos] = lat.t(*ks + 1);
+        for (int64_t left = counts[r]; left > 0; span += 2) {
+          T t0 = lat.t(span[0]);
+          for (int32_t k = span[0]; k < span[1]; ++k, ++pos) {
+            const T t1 = lat.t(k + 1);
+            ri[pos] = r;
+            ts[pos] = t0;
+            te[pos] = t1;
+            t0 = t1;
+          }
+          left -= span[1] - span[0];
         }
       }
     });

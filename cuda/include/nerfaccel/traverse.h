@@ -19,26 +19,12 @@
 #pragma once
 
 #include <cstring>
+#include <type_traits>
 
 #include "common.h"
 
 NA_NAMESPACE_BEGIN
 
-NA_HD float na_floor(float x) { return floorf(x); }
-NA_HD double na_floor(double x) { return floor(x); }
-
-// floor() of a cell coordinate: exact, and inline on the host (where floor is a libm call without SSE4.1):
-// truncation toward zero, corrected for negative non-integers, for |x| < 2^30; floor() beyond (and for NaN).
-template <typename T>
-NA_HD T cell_floor(T x) {
-#if defined(__CUDA_ARCH__)
-  return na_floor(x);
-#else
-  if (!(x > T(-1073741824) && x < T(1073741824))) return na_floor(x);
-  const T t = static_cast<T>(static_cast<int32_t>(x));
-  return t > x ? t - T(1) : t;
-#endif
-}
 NA_HD float na_ceil(float x) { return ceilf(x); }
 NA_HD double na_ceil(double x) { return ceil(x); }
 NA_HD float na_log(float x) { return logf(x); }
@@ -105,7 +91,9 @@ struct TravLattice {
 
   // Smallest k >= 0 with mid(k) >= bound (evaluated in T).
   NA_HD int32_t first_mid_at_or_after(T bound) const {
-    T kf = na_floor(k_of(bound)) - T(1);
+    // mid(k) ~ bound at k ~ k_of(bound) - 1/2: start at its floor (truncation, taken only when positive), then
+    // correct by steps.
+    const T kf = k_of(bound) - T(0.5);
     int32_t k = 0;
     if (kf > T(0) && na_isfinite(kf)) k = static_cast<int32_t>(na_min(kf, T(kMaxLatticeIndex)));
     for (int it = 0; it < 64 && mid(k) < bound; ++it) ++k;
@@ -151,13 +139,14 @@ struct TravGrid {
   }
 
   // Lowest-index level whose box holds x (returns -1 for none) and x's cell in it, as the reference computes it:
-  // floor((x - lo) / (hi - lo) * res) per axis, inside when every index is in [0, res).
+  // floor(f) with f = (x - lo) / (hi - lo) * res per axis, inside when every index is in [0, res). floor(f) lies in
+  // [0, res) exactly when f does (res is an integer), and then floor is truncation: no floor() needed.
   NA_HD int32_t locate(const T* x, int32_t* idx) const {
     for (int32_t l = 0; l < levels; ++l) {
       const T* box = aabbs + 6 * l;
       bool inside = true;
       for (int a = 0; a < 3; ++a) {
-        const T f = cell_floor((x[a] - box[a]) / (box[a + 3] - box[a]) * static_cast<T>(res[a]));
+        const T f = (x[a] - box[a]) / (box[a + 3] - box[a]) * static_cast<T>(res[a]);
         if (!(f >= T(0) && f < static_cast<T>(res[a]))) {
           inside = false;
           break;
@@ -196,6 +185,24 @@ NA_HD bool coarse_block_any(const bool* binaries, const int32_t* res, int32_t l,
     }
   }
   return false;
+}
+
+// c ? a : b without a branch on the host (a select of the bits; GCC turns a float ?: into a branch).
+template <typename T>
+NA_HD T bit_select(int32_t c, T a, T b) {
+#if defined(__CUDA_ARCH__)
+  return c ? a : b;
+#else
+  using U = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
+  U ua, ub;
+  memcpy(&ua, &a, sizeof(T));
+  memcpy(&ub, &b, sizeof(T));
+  const U mask = U(0) - static_cast<U>(c != 0);
+  const U r = (ua & mask) | (ub & ~mask);
+  T out;
+  memcpy(&out, &r, sizeof(T));
+  return out;
+#endif
 }
 
 // How far before a computed crossing t_c of the plane x_a = p the march may resume without skipping a midpoint
@@ -278,8 +285,46 @@ NA_HD T run_end(const T* o, const T* d, T m, const TravGrid<T>& grid, int32_t lv
   T tnx = cross_x(skipping ? block_last(ix, rx, sx) : ix);
   T tny = cross_y(skipping ? block_last(iy, ry, sy) : iy);
   T tnz = cross_z(skipping ? block_last(iz, rz, sz) : iz);
+  // kRuns, cell steps: the crossings out of the next cells too (tnn*), so a step only selects values computed a
+  // step ahead; with the axis picked by comparisons instead of branches, nothing in a step waits on a branch
+  // (on a CPU the axis order is close to random: a branch per step mispredicts about every other step).
+  T tnnx = kRuns ? cross_x(ix + sx) : T(0), tnny = kRuns ? cross_y(iy + sy) : T(0);
+  T tnnz = kRuns ? cross_z(iz + sz) : T(0);
   const int32_t max_steps = rx + ry + rz + 3;
   for (int32_t s = 0; s < max_steps; ++s) {
+    if (kRuns && !skipping) {
+      const T t_xy = na_min(tnx, tny);
+      const T t_c = na_min(t_xy, tnz);
+      if (!(t_c < t_end)) break;
+      const int32_t y_first = tny < tnx, z_first = tnz < t_xy;
+      const int32_t on_y = y_first & (1 - z_first), on_x = (1 - y_first) & (1 - z_first);
+      const int32_t jx = ix + on_x * sx, jy = iy + on_y * sy, jz = iz + z_first * sz;
+      if (static_cast<uint32_t>(jx) >= static_cast<uint32_t>(rx) || static_cast<uint32_t>(jy) >= static_cast<uint32_t>(ry) ||
+          static_cast<uint32_t>(jz) >= static_cast<uint32_t>(rz) || cell(jx, jy, jz) != occupied || s + 1 == max_steps) {
+        const int a = z_first ? 2 : (y_first ? 1 : 0);
+        const T p = a == 0 ? plane_x(ix) : (a == 1 ? plane_y(iy) : plane_z(iz));
+        t_end = t_c;
+        margin = skip_margin(t_c, o[a], d[a], p, box[a + 3] - box[a]);
+        break;
+      }
+      ix = jx;
+      iy = jy;
+      iz = jz;
+      skipping = skip_block(ix, iy, iz);
+      if (skipping) {
+        tnx = cross_x(block_last(ix, rx, sx));
+        tny = cross_y(block_last(iy, ry, sy));
+        tnz = cross_z(block_last(iz, rz, sz));
+      } else {
+        tnx = bit_select(on_x, tnnx, tnx);
+        tny = bit_select(on_y, tnny, tny);
+        tnz = bit_select(z_first, tnnz, tnz);
+        tnnx = cross_x(ix + sx);
+        tnny = cross_y(iy + sy);
+        tnnz = cross_z(iz + sz);
+      }
+      continue;
+    }
     // The axis whose plane comes first (ties: x, then y).
     int a = 0;
     T t_c = tnx;
@@ -319,6 +364,11 @@ NA_HD T run_end(const T* o, const T* d, T m, const TravGrid<T>& grid, int32_t lv
     tnx = cross_x(skipping ? block_last(ix, rx, sx) : ix);
     tny = cross_y(skipping ? block_last(iy, ry, sy) : iy);
     tnz = cross_z(skipping ? block_last(iz, rz, sz) : iz);
+    if (kRuns && !skipping) {
+      tnnx = cross_x(ix + sx);
+      tnny = cross_y(iy + sy);
+      tnnz = cross_z(iz + sz);
+    }
   }
   return t_end - margin;
 }
@@ -341,19 +391,24 @@ struct SlotEmit {
     }
     ++pos;
   }
+  // Samples k0 <= k < k1 of lattice lat.
+  NA_HD void range(const TravLattice<T>& lat, int32_t k0, int32_t k1) {
+    for (int32_t k = k0; k < k1; ++k) (*this)(k, lat.t(k), lat.t(k + 1));
+  }
 };
 
 // Statistics of one march (benchmarks): lattice points evaluated.
 struct NoStats {
-  NA_HD void visit() {}
+  NA_HD void visit(int64_t = 1) {}
 };
 struct VisitStats {
   int64_t visits = 0;
-  NA_HD void visit() { ++visits; }
+  NA_HD void visit(int64_t n = 1) { visits += n; }
 };
 
-// Marches one ray; calls emit(k, t0, t1) for each kept sample (lattice index k, t0 = t_k, t1 = t_{k+1}), in order, and stats.visit() for every lattice point
-// evaluated.
+// Marches one ray; calls emit(k, t0, t1) for each kept sample (lattice index k, t0 = t_k, t1 = t_{k+1}), or
+// emit.range(lat, k0, k1) for the samples k0 <= k < k1 inside a run of occupied cells, in order; stats.visit(n)
+// counts the lattice points evaluated (the samples of a run count as evaluated).
 template <bool kRuns, typename T, typename Emit, typename Stats>
 NA_HD void traverse_ray(const T* o, const T* d, T near, T far, const TravGrid<T>& grid, T step_size, T cone_angle,
                            Emit& emit, Stats& stats) {
@@ -414,13 +469,11 @@ NA_HD void traverse_ray(const T* o, const T* d, T near, T far, const TravGrid<T>
     if (occupied) {
       // Every later sample whose midpoint lies before the end of this run of occupied cells (minus the margin),
       // without a cell lookup each.
-      for (++k; k < k_hi; ++k) {
-        const T a = lat.t(k), b = lat.t(k + 1);
-        const T mm = T(0.5) * (a + b);
-        if (!(mm < t_run)) break;
-        stats.visit();
-        emit(k, a, b);
-      }
+      const int32_t k_first = k + 1;
+      k = t_run > m ? lat.first_mid_at_or_after(t_run) : k_first;
+      k = na_max(k_first, na_min(k, k_hi));
+      stats.visit(k - k_first);
+      emit.range(lat, k_first, k);
       continue;
     }
     const int32_t k_next = t_run > m ? lat.first_mid_at_or_after(t_run) : k + 1;
