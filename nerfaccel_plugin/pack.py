@@ -35,19 +35,20 @@ def pack_info(ray_indices: Int[Tensor, " n_samples"], n_rays: Optional[int] = No
         n_rays = int(ray_indices.max().item()) + 1 if ray_indices.numel() > 0 else 0
     ray_indices = check.ray_indices(ray_indices, ray_indices.shape[0], n_rays)
     if ray_indices.numel():
-        # Counts by index_add into n_rays + 1 bins, out-of-range indices (possible with the value checks off) going
-        # to the last one: no host sync (bincount syncs to size its output). The chunks are marked as tiling
-        # [0, n_samples) (which lets the CUDA density kernels skip their pass over samples outside every chunk) only
-        # when the value checks have verified the indices' range; marking needs a host-known answer.
-        idx = ray_indices.long()
-        bins = torch.where((idx >= 0) & (idx < n_rays), idx, torch.full_like(idx, n_rays))
-        counts = torch.zeros(n_rays + 1, dtype=torch.long, device=idx.device)
-        counts = counts.index_add_(0, bins, torch.ones_like(idx))[:n_rays]
+        # Each ray's chunk from a binary search of the sorted indices: no host sync (bincount syncs to size its
+        # output) and about twice as fast as bincount on a CPU. Out-of-range indices (possible with the value checks
+        # off) fall outside every chunk. The chunks are marked as tiling [0, n_samples) (which lets the CUDA density
+        # kernels skip their pass over samples outside every chunk) only when the value checks have verified the
+        # indices' range; marking needs a host-known answer.
+        bounds = torch.searchsorted(
+            ray_indices.contiguous(), torch.arange(n_rays + 1, device=ray_indices.device, dtype=ray_indices.dtype)
+        )
+        starts, counts = bounds[:-1], bounds[1:] - bounds[:-1]
         tiles = check.value_checks_enabled()
     else:
         counts = torch.zeros(n_rays, dtype=torch.long, device=ray_indices.device)
+        starts = counts
         tiles = True
-    starts = torch.cumsum(counts, 0) - counts
     packed_info = torch.stack([starts, counts], dim=-1)
     if tiles:
         _layout.mark_covering(packed_info, ray_indices.shape[0])

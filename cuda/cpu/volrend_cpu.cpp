@@ -225,12 +225,33 @@ void accumulate_fwd_launch(const Tensor& weights, const OptTensor& values, const
     const scalar_t* v = values.has_value() ? values->data_ptr<scalar_t>() : nullptr;
     A* o = acc.data_ptr<A>();
     auto add_range = [&](int64_t lo, int64_t hi) {  // samples [lo, hi) in order
-      for (int64_t i = lo; i < hi; ++i) {
-        const int64_t r = ri[i];
-        if (v == nullptr) {
-          o[r] += A(w[i]);
-        } else {
-          for (int64_t c = 0; c < dim; ++c) o[r * dim + c] += A(w[i]) * A(v[i * dim + c]);
+      // A run of one ray's samples is summed in registers from the stored value and stored once: the same adds in
+      // the same order as one += per sample, without a store-to-load dependency per sample.
+      if (v == nullptr) {
+        for (int64_t i = lo; i < hi;) {
+          const int64_t r = ri[i];
+          A s0 = o[r];
+          for (; i < hi && ri[i] == r; ++i) s0 += A(w[i]);
+          o[r] = s0;
+        }
+      } else if (dim == 3) {  // colours, unrolled
+        for (int64_t i = lo; i < hi;) {
+          const int64_t r = ri[i];
+          A* out = o + r * 3;
+          A s0 = out[0], s1 = out[1], s2 = out[2];
+          for (; i < hi && ri[i] == r; ++i) {
+            const A wi = A(w[i]);
+            s0 += wi * A(v[i * 3]);
+            s1 += wi * A(v[i * 3 + 1]);
+            s2 += wi * A(v[i * 3 + 2]);
+          }
+          out[0] = s0;
+          out[1] = s1;
+          out[2] = s2;
+        }
+      } else {
+        for (int64_t i = lo; i < hi; ++i) {
+          for (int64_t c = 0; c < dim; ++c) o[ri[i] * dim + c] += A(w[i]) * A(v[i * dim + c]);
         }
       }
     };
@@ -265,7 +286,14 @@ void accumulate_bwd_launch(const Tensor& grad_out, const Tensor& weights, const 
     const scalar_t* v = values.has_value() ? values->data_ptr<scalar_t>() : nullptr;
     scalar_t* gw = mut_or_null<scalar_t>(g_w);
     scalar_t* gv = mut_or_null<scalar_t>(g_v);
-    parallel_elems(n, [&](int64_t i) { accumulate_bwd_elem(go, w, v, ri, i, dim, n_rays, gw, gv); });
+    // Contiguous ranges per thread; 3 values per sample (colours) unrolled.
+    at::parallel_for(0, n, kRowGrainSamples, [&](int64_t lo, int64_t hi) {
+      if (v != nullptr && dim == 3) {
+        for (int64_t i = lo; i < hi; ++i) accumulate_bwd_elem<3>(go, w, v, ri, i, dim, n_rays, gw, gv);
+      } else {
+        for (int64_t i = lo; i < hi; ++i) accumulate_bwd_elem(go, w, v, ri, i, dim, n_rays, gw, gv);
+      }
+    });
   });
 }
 

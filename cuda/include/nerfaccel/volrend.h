@@ -125,9 +125,11 @@ NA_HD void render_alpha_bwd_ray(const T* gw, const T* gt, const T* alpha, const 
 // Accumulation backward for one sample i of out[r] += w[i] * v[i] (or += w[i] without values):
 // gw[i] = <go[r], v[i]>, gv[i] = go[r] * w[i]; samples whose ray is outside [0, n_rays) get zeros. gw or gv may be
 // nullptr (that gradient is not needed).
-template <typename T>
-NA_HD void accumulate_bwd_elem(const T* go, const T* w, const T* v, const int64_t* ri, index_t i, int64_t dim,
+// D > 0 fixes the number of values per sample at compile time (dim is then ignored).
+template <int D = 0, typename T>
+NA_HD void accumulate_bwd_elem(const T* go, const T* w, const T* v, const int64_t* ri, index_t i, int64_t dim_,
                                int64_t n_rays, T* gw, T* gv) {
+  const int64_t dim = D > 0 ? D : dim_;
   const int64_t r = ri[i];
   const bool inside = r >= 0 && r < n_rays;
   if (v == nullptr) {
