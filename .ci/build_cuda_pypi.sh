@@ -63,13 +63,16 @@ t=$(date +%s)
     echo "error: a system nvcc is still visible ($(which nvcc || echo /usr/local/cuda/bin/nvcc))" >&2; exit 1
   fi
   python -m nerfaccel_plugin._ext.cli --cuda --arch "$ARCHS" --import --quiet --force
-  python - <<PY
+  # The same architectures, so this loads the build above instead of compiling a default (sm_90) one.
+  TORCH_CUDA_ARCH_LIST="$ARCHS" python - <<PY
 import os
 from nerfaccel_plugin._ext import build
 home = build.cuda_home()
 assert "cuda-toolkit-pypi" in home, "expected the PyPI toolkit tree, got CUDA_HOME=" + repr(home)
 m = build.get_module("cuda")
-print("imported", m.__file__, "cuda_arch=" + str(getattr(m, "cuda_arch", "?")), "CUDA_HOME=" + home)
+arch = str(getattr(m, "cuda_arch", "?"))
+assert arch == "$ARCHS".replace(";", "_"), "imported a build for " + arch + ", not for $ARCHS"
+print("imported", m.__file__, "cuda_arch=" + arch, "CUDA_HOME=" + home)
 PY
 '
 stamp "done: CUDA extension for sm ${ARCHS} built with the PyPI toolkit in $(( $(date +%s) - t ))s"

@@ -54,8 +54,9 @@ if python -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)"; then
   # (check_sass.py also finds the cuobjdump / nvdisasm that triton ships with its NVIDIA backend)
   # exit 2 = no cuobjdump / no extension: a notice, not a failure; 1 = FP64 or register violation: fails
   rc=0
-  so=$(find "$NERFACCEL_CI_CUDA_CACHE" -name 'nerfaccel_cuda_*.so' | head -n 1)
-  [ -n "$so" ] || { echo "error: the PyPI-toolkit build left no nerfaccel_cuda_*.so in $NERFACCEL_CI_CUDA_CACHE" >&2; exit 1; }
+  mapfile -t sos < <(find "$NERFACCEL_CI_CUDA_CACHE" -name 'nerfaccel_cuda_*.so')
+  [ "${#sos[@]}" = 1 ] || { echo "error: expected one nerfaccel_cuda_*.so in $NERFACCEL_CI_CUDA_CACHE, found ${#sos[@]}: ${sos[*]:-}" >&2; exit 1; }
+  so=${sos[0]}
   python .ci/check_sass.py ${so:+"$so"} || rc=$?
   [ "$rc" = 0 ] || [ "$rc" = 2 ] || exit "$rc"
 else
