@@ -148,3 +148,19 @@ def test_env_var_skips(cpp, isolated, monkeypatch):
     info = nacc.backend_info()["cpu"]
     assert info["backend"] == "cpp" and info["selftest"].startswith("skipped")
     assert not (isolated / "selftest-cpp.json").exists()
+
+
+def test_verdict_key_follows_the_triton_sources(tmp_path):
+    """On CUDA some ops are Triton kernels, so a change to their sources must invalidate a recorded verdict."""
+    from nerfaccel_plugin._ext import selftest
+
+    (tmp_path / "scan.py").write_text("a = 1\n")
+    (tmp_path / "volrend.py").write_text("b = 2\n")
+    first = selftest.triton_sources_hash(tmp_path)
+    assert first and first == selftest.triton_sources_hash(tmp_path)
+    (tmp_path / "scan.py").write_text("a = 2\n")
+    assert selftest.triton_sources_hash(tmp_path) != first
+    assert selftest.triton_sources_hash(tmp_path / "missing") == ""
+    assert selftest.triton_sources_hash() != ""  # the package's own kernels
+    cpu_file = selftest.cache_file("cpp", type("M", (), {"source_hash": "abc"})(), "cpu")
+    assert cpu_file.name == "selftest-cpp-abc-cpu.json"  # CPU verdicts do not depend on Triton

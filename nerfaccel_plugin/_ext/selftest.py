@@ -5,9 +5,9 @@ random inputs (including empty rays and one-sample rays) against the PyTorch ref
 (:mod:`nerfaccel_plugin._torch_impl`) on that same device, forward and, for the differentiable ops, backward. It
 takes well under a second. A mismatch turns that backend off for the device (the dispatcher then uses the
 reference) with ONE warning naming the op and its max error; the outcome is recorded in the extension cache
-(``selftest-<kind>-<source hash>-<device>.json``), so later processes with the same build and device skip the test
-and reuse the verdict. ``NERFACCEL_SELFTEST=0`` skips the test; :func:`nerfaccel_plugin.backend_info` shows the
-outcome.
+(``selftest-<kind>-<source hash>[-triton<hash>]-<device>.json``, the Triton sources counted on CUDA), so later
+processes with the same build and device skip the test and reuse the verdict. ``NERFACCEL_SELFTEST=0`` skips the
+test; :func:`nerfaccel_plugin.backend_info` shows the outcome.
 
 The dispatcher calls :func:`gate` (one small function; the new dispatcher's per-device disable hook can call it
 from ``kernel_for(op_name, device)``).
@@ -15,6 +15,7 @@ from ``kernel_for(op_name, device)``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -346,11 +347,24 @@ def device_tag(device: torch.device | str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"cuda-{name}-sm{major}{minor}")
 
 
+def triton_sources_hash(root: Path | None = None) -> str:
+    """Short hash of the Triton kernels' sources (``nerfaccel_plugin/_triton/*.py``), "" without them."""
+    root = root or Path(__file__).resolve().parent.parent / "_triton"
+    digest = hashlib.sha256()
+    files = sorted(root.glob("*.py")) if root.is_dir() else []
+    for f in files:
+        digest.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()[:12] if files else ""
+
+
 def cache_file(kind: str, module: Any, device: torch.device | str) -> Path:
-    """Where the verdict for extension ``kind`` (this build) on ``device`` is recorded."""
+    """Where the verdict for extension ``kind`` (this build) on ``device`` is recorded. On CUDA devices some ops are
+    served by the Triton kernels, so their sources are part of the key too."""
     from . import build  # noqa: PLC0415
 
     key = str(getattr(module, "source_hash", "") or "unknown")
+    if torch.device(device).type == "cuda":
+        key += "-triton" + (triton_sources_hash() or "none")
     return build.cache_root() / f"selftest-{kind}-{key}-{device_tag(device)}.json"
 
 
