@@ -81,24 +81,45 @@ bool skip_runs() {
   return v == nullptr || std::string(v) != "0";
 }
 
-// Marches ray r with the configuration chosen by skip_runs().
-template <typename T, typename Emit, typename Stats>
-void march(bool runs, const T* o, const T* d, T near, T far, const TravGrid<T>& grid, T step, T cone, Emit& emit,
-           Stats& stats) {
-  if (runs) {
-    traverse_ray<true>(o, d, near, far, grid, step, cone, emit, stats);
-  } else {
-    traverse_ray<false>(o, d, near, far, grid, step, cone, emit, stats);
-  }
-}
+// The march configuration (skip_runs) and its coarse blocks, built once per call.
+struct MarchConfig {
+  bool runs;
+  std::vector<uint8_t> coarse;
+  explicit MarchConfig(const Tensor& binaries)
+      : runs(skip_runs()), coarse(runs ? coarse_blocks(binaries) : std::vector<uint8_t>()) {}
+};
 
+// Marches ray r (traverse.h) over the call's rays, grid and lattice, with the configuration chosen by skip_runs().
 template <typename T>
-TravGrid<T> trav_grid(const Tensor& binaries, const Tensor& aabbs, const std::vector<uint8_t>& coarse) {
-  return TravGrid<T>{binaries.data_ptr<bool>(), aabbs.data_ptr<T>(), static_cast<int32_t>(binaries.size(0)),
-                     {static_cast<int32_t>(binaries.size(1)), static_cast<int32_t>(binaries.size(2)),
-                      static_cast<int32_t>(binaries.size(3))},
-                     coarse.empty() ? nullptr : reinterpret_cast<const bool*>(coarse.data())};
-}
+struct RayMarch {
+  bool runs;
+  TravGrid<T> grid;
+  const T *o, *d, *nearp, *farp;
+  T step, cone;
+
+  RayMarch(const MarchConfig& cfg, const Tensor& o_t, const Tensor& d_t, const Tensor& near_planes,
+           const Tensor& far_planes, const Tensor& binaries, const Tensor& aabbs, double step_size, double cone_angle)
+      : runs(cfg.runs),
+        grid{binaries.data_ptr<bool>(), aabbs.data_ptr<T>(), static_cast<int32_t>(binaries.size(0)),
+             {static_cast<int32_t>(binaries.size(1)), static_cast<int32_t>(binaries.size(2)),
+              static_cast<int32_t>(binaries.size(3))},
+             cfg.coarse.empty() ? nullptr : reinterpret_cast<const bool*>(cfg.coarse.data())},
+        o(o_t.data_ptr<T>()),
+        d(d_t.data_ptr<T>()),
+        nearp(near_planes.data_ptr<T>()),
+        farp(far_planes.data_ptr<T>()),
+        step(static_cast<T>(step_size)),
+        cone(static_cast<T>(cone_angle)) {}
+
+  template <typename Emit, typename Stats>
+  void operator()(int64_t r, Emit& emit, Stats& stats) const {
+    if (runs) {
+      traverse_ray<true>(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step, cone, emit, stats);
+    } else {
+      traverse_ray<false>(o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step, cone, emit, stats);
+    }
+  }
+};
 }  // namespace
 
 // One march per ray (traverse.h), in the rays' precision, single pass: contiguous blocks of rays each stage their
@@ -108,16 +129,10 @@ Tensors3 traverse_grids_launch(const Tensor& o_t, const Tensor& d_t, const Tenso
                                double step_size, double cone_angle, const at::TensorOptions& out_opts) {
   const int64_t n = o_t.size(0);
   Tensor ray_indices, t_starts, t_ends;
-  const bool runs = skip_runs();
-  const std::vector<uint8_t> coarse = runs ? coarse_blocks(binaries) : std::vector<uint8_t>();
+  const MarchConfig cfg(binaries);
   AT_DISPATCH_FLOATING_TYPES(o_t.scalar_type(), "traverse_grids", [&] {
     using T = scalar_t;
-    const TravGrid<T> grid = trav_grid<T>(binaries, aabbs, coarse);
-    const T* o = o_t.data_ptr<T>();
-    const T* d = d_t.data_ptr<T>();
-    const T* nearp = near_planes.data_ptr<T>();
-    const T* farp = far_planes.data_ptr<T>();
-    const T step = static_cast<T>(step_size), cone = static_cast<T>(cone_angle);
+    const RayMarch<T> march(cfg, o_t, d_t, near_planes, far_planes, binaries, aabbs, step_size, cone_angle);
     const int64_t n_blocks = std::min<int64_t>(n, static_cast<int64_t>(n_threads()) * 16);
     const int64_t per_block = n_blocks > 0 ? (n + n_blocks - 1) / n_blocks : 0;
     std::vector<std::vector<int32_t>> block_spans(n_blocks);
@@ -127,7 +142,7 @@ Tensors3 traverse_grids_launch(const Tensor& o_t, const Tensor& d_t, const Tenso
       const int64_t r1 = std::min(n, (blk + 1) * per_block);
       for (int64_t r = blk * per_block; r < r1; ++r) {
         StageEmit<T> emit{&block_spans[blk]};
-        march(runs, o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, step, cone, emit, stats);
+        march(r, emit, stats);
         counts[r] = emit.count;
       }
     });
@@ -150,7 +165,7 @@ Tensors3 traverse_grids_launch(const Tensor& o_t, const Tensor& d_t, const Tenso
       const int64_t r1 = std::min(n, (blk + 1) * per_block);
       for (int64_t r = blk * per_block; r < r1; ++r) {
         if (counts[r] == 0) continue;
-        const TravLattice<T> lat(nearp[r], step, cone);
+        const TravLattice<T> lat(march.nearp[r], march.step, march.cone);
         for (int64_t left = counts[r]; left > 0; span += 2) {
           T t0 = lat.t(span[0]);
           for (int32_t k = span[0]; k < span[1]; ++k, ++pos) {
@@ -173,20 +188,14 @@ void traverse_grids_visits_launch(const Tensor& o_t, const Tensor& d_t, const Te
                                   double step_size, double cone_angle, Tensor& visits) {
   const int64_t n = o_t.size(0);
   int64_t* v = visits.data_ptr<int64_t>();
-  const bool runs = skip_runs();
-  const std::vector<uint8_t> coarse = runs ? coarse_blocks(binaries) : std::vector<uint8_t>();
+  const MarchConfig cfg(binaries);
   AT_DISPATCH_FLOATING_TYPES(o_t.scalar_type(), "traverse_grids_visits", [&] {
     using T = scalar_t;
-    const TravGrid<T> grid = trav_grid<T>(binaries, aabbs, coarse);
-    const T* o = o_t.data_ptr<T>();
-    const T* d = d_t.data_ptr<T>();
-    const T* nearp = near_planes.data_ptr<T>();
-    const T* farp = far_planes.data_ptr<T>();
+    const RayMarch<T> march(cfg, o_t, d_t, near_planes, far_planes, binaries, aabbs, step_size, cone_angle);
     parallel_rays(n, [&](int64_t r) {
       SlotEmit<T> emit{nullptr, nullptr, nullptr, 0, 0, r, false};  // count only
       VisitStats stats;
-      march(runs, o + 3 * r, d + 3 * r, nearp[r], farp[r], grid, static_cast<T>(step_size),
-            static_cast<T>(cone_angle), emit, stats);
+      march(r, emit, stats);
       v[r] = stats.visits;
     });
   });

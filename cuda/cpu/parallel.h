@@ -46,6 +46,16 @@ void parallel_equal_blocks(int64_t n_blocks, int64_t block_items, F fn) {
   });
 }
 
+// Calls fn(first_row, n_rows) for blocks of rows_per_block rows (n_rows is less only for the last block) of a batched
+// layout with `stride` samples per row, in parallel (parallel_equal_blocks).
+template <typename F>
+void parallel_row_blocks(int64_t rows, int64_t stride, int64_t rows_per_block, F fn) {
+  const int64_t n_blocks = (rows + rows_per_block - 1) / rows_per_block;
+  parallel_equal_blocks(n_blocks, rows_per_block * stride, [&](int64_t b) {
+    fn(b * rows_per_block, std::min(rows_per_block, rows - b * rows_per_block));
+  });
+}
+
 // One call per block of work, blocks handed out one at a time.
 template <typename F>
 void parallel_blocks(int64_t n_blocks, bool parallel, F fn) {

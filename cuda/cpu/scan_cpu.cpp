@@ -62,14 +62,6 @@ void scan_prod_bwd_rows(const T* g, const T* x, const T* y, T* gx, int64_t r0, i
   }
 }
 
-template <typename F>
-void parallel_row_blocks(const Chunks& chunks, F fn) {
-  const int64_t n_blocks = (chunks.rows + kRows - 1) / kRows;
-  parallel_equal_blocks(n_blocks, kRows * chunks.stride, [&](int64_t b) {
-    fn(b * kRows, std::min(kRows, chunks.rows - b * kRows));
-  });
-}
-
 }  // namespace
 
 void scan_fwd_launch(const Tensor& inputs, const Chunks& chunks, bool prod, bool exclusive, Tensor& out) {
@@ -77,7 +69,7 @@ void scan_fwd_launch(const Tensor& inputs, const Chunks& chunks, bool prod, bool
     const scalar_t* x = inputs.data_ptr<scalar_t>();
     scalar_t* y = out.data_ptr<scalar_t>();
     if (chunks.packed == nullptr) {
-      parallel_row_blocks(chunks, [&](int64_t r0, int64_t nr) {
+      parallel_row_blocks(chunks.rows, chunks.stride, kRows, [&](int64_t r0, int64_t nr) {
         scan_fwd_rows(x, y, r0, nr, chunks.stride, prod, exclusive);
       });
       return;
@@ -100,7 +92,7 @@ void scan_bwd_launch(const Tensor& grad, const Tensor& inputs, const Tensor& out
     const scalar_t* y = outputs.data_ptr<scalar_t>();
     scalar_t* gx = g_inputs.data_ptr<scalar_t>();
     if (chunks.packed == nullptr) {
-      parallel_row_blocks(chunks, [&](int64_t r0, int64_t nr) {
+      parallel_row_blocks(chunks.rows, chunks.stride, kRows, [&](int64_t r0, int64_t nr) {
         if (prod) {
           scan_prod_bwd_rows(g, x, y, gx, r0, nr, chunks.stride, exclusive);
         } else {

@@ -111,15 +111,6 @@ void density_bwd_rows_any(const T* gw, const T* gt, const T* ga, const T* t0, co
   }
 }
 
-// Calls fn(first_row, n_rows) for blocks of kRows rows of a batched layout, in parallel.
-template <typename F>
-void parallel_row_blocks(const Chunks& chunks, F fn) {
-  const int64_t n_blocks = (chunks.rows + kRows - 1) / kRows;
-  parallel_equal_blocks(n_blocks, kRows * chunks.stride, [&](int64_t b) {
-    fn(b * kRows, std::min(kRows, chunks.rows - b * kRows));
-  });
-}
-
 }  // namespace
 
 void density_fwd_launch(const Tensor& t_starts, const Tensor& t_ends, const Tensor& sigmas, const Chunks& chunks,
@@ -136,7 +127,7 @@ void density_fwd_launch(const Tensor& t_starts, const Tensor& t_ends, const Tens
       parallel_elems(sigmas.numel(), [&](int64_t i) { a[i] = density_alpha(t0[i], t1[i], sg[i]); });
     }
     if (chunks.packed == nullptr) {
-      parallel_row_blocks(chunks, [&](int64_t r0, int64_t nr) {
+      parallel_row_blocks(chunks.rows, chunks.stride, kRows, [&](int64_t r0, int64_t nr) {
         density_fwd_rows_any(t0, t1, sg, a, w, tr, r0, nr, chunks.stride);
       });
       return;
@@ -167,7 +158,7 @@ void density_bwd_launch(const Tensor& g_w, const Tensor& g_trans, const Tensor& 
       parallel_elems(sigmas.numel(), [&](int64_t i) { render_density_bwd_elem(ga, t0, t1, sg, o0, o1, os, i); });
     }
     if (chunks.packed == nullptr) {
-      parallel_row_blocks(chunks, [&](int64_t r0, int64_t nr) {
+      parallel_row_blocks(chunks.rows, chunks.stride, kRows, [&](int64_t r0, int64_t nr) {
         density_bwd_rows_any(gw, gt, ga, t0, t1, sg, tr, a, o0, o1, os, r0, nr, chunks.stride);
       });
       return;

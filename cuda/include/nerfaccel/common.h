@@ -79,5 +79,18 @@ NA_HD float na_sqrt(float x) { return sqrtf(x); }
 NA_HD double na_sqrt(double x) { return sqrt(x); }
 NA_HD float na_abs(float x) { return fabsf(x); }
 NA_HD double na_abs(double x) { return fabs(x); }
+NA_HD float na_ceil(float x) { return ceilf(x); }
+NA_HD double na_ceil(double x) { return ceil(x); }
+NA_HD float na_log(float x) { return logf(x); }
+NA_HD double na_log(double x) { return log(x); }
+NA_HD float na_log1p(float x) { return log1pf(x); }
+NA_HD double na_log1p(double x) { return log1p(x); }
+#if defined(__CUDA_ARCH__)
+NA_HD bool na_isfinite(float x) { return isfinite(x); }
+NA_HD bool na_isfinite(double x) { return isfinite(x); }
+#else
+NA_HD bool na_isfinite(float x) { return std::isfinite(x); }
+NA_HD bool na_isfinite(double x) { return std::isfinite(x); }
+#endif
 
 NA_NAMESPACE_END

@@ -22,22 +22,9 @@
 #include <type_traits>
 
 #include "common.h"
+#include "geometry.h"
 
 NA_NAMESPACE_BEGIN
-
-NA_HD float na_ceil(float x) { return ceilf(x); }
-NA_HD double na_ceil(double x) { return ceil(x); }
-NA_HD float na_log(float x) { return logf(x); }
-NA_HD double na_log(double x) { return log(x); }
-NA_HD float na_log1p(float x) { return log1pf(x); }
-NA_HD double na_log1p(double x) { return log1p(x); }
-#if defined(__CUDA_ARCH__)
-NA_HD bool na_isfinite(float x) { return isfinite(x); }
-NA_HD bool na_isfinite(double x) { return isfinite(x); }
-#else
-NA_HD bool na_isfinite(float x) { return std::isfinite(x); }
-NA_HD bool na_isfinite(double x) { return std::isfinite(x); }
-#endif
 
 template <typename T>
 struct TravEps;
@@ -415,22 +402,8 @@ NA_HD void traverse_ray(const T* o, const T* d, T near, T far, const TravGrid<T>
   T lo = na_inf<T>(), hi = -na_inf<T>();
   for (int32_t l = 0; l < grid.levels; ++l) {
     const T* box = grid.aabbs + 6 * l;
-    T t_in = -na_inf<T>(), t_out = na_inf<T>();
-    for (int a = 0; a < 3; ++a) {  // slab_interval of geometry.h, inlined here so this header stands alone
-      T near_ax, far_ax;
-      if (d[a] == T(0)) {
-        const bool inside = (o[a] >= box[a]) && (o[a] <= box[a + 3]);
-        near_ax = inside ? -na_inf<T>() : na_inf<T>();
-        far_ax = inside ? na_inf<T>() : -na_inf<T>();
-      } else {
-        const T t1 = (box[a] - o[a]) / d[a];
-        const T t2 = (box[a + 3] - o[a]) / d[a];
-        near_ax = nan_min(t1, t2);
-        far_ax = nan_max(t1, t2);
-      }
-      t_in = nan_max(t_in, near_ax);
-      t_out = nan_min(t_out, far_ax);
-    }
+    T t_in, t_out;
+    slab_interval(o, d, box, t_in, t_out);
     if (t_out > t_in && t_out > T(0)) {
       lo = na_min(lo, t_in);
       hi = na_max(hi, t_out);
