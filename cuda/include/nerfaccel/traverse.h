@@ -46,9 +46,10 @@ constexpr int32_t kMaxLatticeIndex = 1 << 30;
 template <typename T>
 struct TravLattice {
   T near, step, cone, t_K, log1p_cone;
+  T inv_step;  // 1 / step: only seeds first_mid_at_or_after, whose steps then correct it
   int32_t n_uniform;
 
-  NA_HD TravLattice(T near_, T step_, T cone_) : near(near_), step(step_), cone(cone_) {
+  NA_HD TravLattice(T near_, T step_, T cone_) : near(near_), step(step_), cone(cone_), inv_step(T(1) / step_) {
     n_uniform = 0;
     t_K = near;
     log1p_cone = T(0);
@@ -70,7 +71,7 @@ struct TravLattice {
 
   // Real-valued approximate inverse of t().
   NA_HD T k_of(T tv) const {
-    if (!(cone > T(0)) || tv < t_K) return (tv - near) / step;
+    if (!(cone > T(0)) || tv < t_K) return (tv - near) * inv_step;
     return static_cast<T>(n_uniform) + na_log(na_max(tv / t_K, T(1e-30))) / log1p_cone;
   }
 
@@ -83,7 +84,10 @@ struct TravLattice {
     const T kf = k_of(bound) - T(0.5);
     int32_t k = 0;
     if (kf > T(0) && na_isfinite(kf)) k = static_cast<int32_t>(na_min(kf, T(kMaxLatticeIndex)));
-    for (int it = 0; it < 64 && mid(k) < bound; ++it) ++k;
+    if (mid(k) < bound) {
+      for (int it = 0; it < 64 && mid(k + 1) < bound; ++it) ++k;
+      return k + 1;
+    }
     for (int it = 0; it < 64 && k > 0 && mid(k - 1) >= bound; ++it) --k;
     return k;
   }
@@ -192,27 +196,26 @@ NA_HD T bit_select(int32_t c, T a, T b) {
 #endif
 }
 
-// How far before a computed crossing t_c of the plane x_a = p the march may resume without skipping a midpoint
-// that the cell lookup would place beyond the plane: the lookup and the plane carry rounding errors of a few ulps
-// of the coordinates involved, which are 1 / |d_a| times larger in t.
+// How far before a computed crossing t_c of a plane of axis a the march may resume without skipping a midpoint that
+// the cell lookup would place beyond the plane: the lookup and the plane carry rounding errors of a few ulps of the
+// coordinates involved (|o_a|, the box's corners lo_a, hi_a and extent, |t_c d_a|), which are 1 / |d_a| times
+// larger in t. margin = 32 eps |t_c| + margin_base, margin_base = 16 eps (|o_a| + (hi_a - lo_a) + max(|lo_a|,
+// |hi_a|)) / |d_a| (constant along a ray for one axis and box, |plane| <= max(|lo_a|, |hi_a|)).
 template <typename T>
-NA_HD T skip_margin(T t_c, T o_a, T d_a, T p, T box_extent) {
-  const T eps = TravEps<T>::value();
-  const T pos = na_abs(o_a) + na_abs(p) + na_abs(box_extent) + na_abs(t_c * d_a);
-  return T(16) * eps * (na_abs(t_c) + pos / na_abs(d_a));
+NA_HD T margin_base(T o_a, T d_a, T lo_a, T hi_a) {
+  return T(16) * TravEps<T>::value() * (na_abs(o_a) + (hi_a - lo_a) + na_max(na_abs(lo_a), na_abs(hi_a))) /
+         na_abs(d_a);
+}
+template <typename T>
+NA_HD T skip_margin(T t_c, T base) {
+  return T(32) * TravEps<T>::value() * na_abs(t_c) + base;
 }
 
-// From the cell `idx` of level `lvl` holding the midpoint m, whose occupancy is `occupied`: the t (minus its safety
-// margin) at which the run of cells with that same occupancy ends along the ray. The walk stops at the first cell
-// of the other kind, at the exit of the level's box, at the entry into a lower-index level's box (whose cells take
-// precedence there), or at t_stop (the ray's end). A run of empty cells crosses a coarse block without an occupied
-// cell in one step.
-template <bool kRuns, typename T>
-NA_HD T run_end(const T* o, const T* d, T m, const TravGrid<T>& grid, int32_t lvl, const int32_t* idx, T t_stop,
-                bool occupied) {
-  T t_end = t_stop;
-  T margin = T(0);
-  // Lower-index levels ahead: their box entry ends the run.
+// Lower-index levels ahead of the midpoint m end a walk over the cells of level lvl at their box entry: lowers
+// t_end (and sets its margin) to the first such entry. Returns false when rounding places m inside one of them
+// already (then there is no walk on level lvl from m).
+template <typename T>
+NA_HD bool lower_level_entry(const T* o, const T* d, T m, const TravGrid<T>& grid, int32_t lvl, T& t_end, T& margin) {
   for (int32_t j = 0; j < lvl; ++j) {
     const T* box = grid.aabbs + 6 * j;
     T t_in = -na_inf<T>(), t_out = na_inf<T>();
@@ -232,86 +235,72 @@ NA_HD T run_end(const T* o, const T* d, T m, const TravGrid<T>& grid, int32_t lv
       t_out = na_min(t_out, tb);
     }
     if (!(t_out > t_in) || !(t_out > m)) continue;  // missed, or behind the midpoint
-    if (!(t_in > m) || a_in < 0) return m;          // rounding says we are inside it: no run
+    if (!(t_in > m) || a_in < 0) return false;      // rounding says we are inside it
     if (t_in < t_end) {
       t_end = t_in;
-      const T p = d[a_in] > T(0) ? box[a_in] : box[a_in + 3];
-      margin = skip_margin(t_in, o[a_in], d[a_in], p, box[a_in + 3] - box[a_in]);
+      margin = skip_margin(t_in, margin_base(o[a_in], d[a_in], box[a_in], box[a_in + 3]));
     }
   }
-  // DDA over the cells of level lvl. Scalars per axis (no arrays indexed by a runtime axis: on the GPU those would
-  // live in local memory). Every crossing is the closed form (plane(i) - o_a) / d_a of a cell index, in cells or
-  // in blocks alike, so nothing drifts and the block steps cross exactly the planes the cell steps would.
-  const T* box = grid.aabbs + 6 * lvl;
-  const int32_t rx = grid.res[0], ry = grid.res[1], rz = grid.res[2];
-  const T csx = (box[3] - box[0]) / static_cast<T>(rx);
-  const T csy = (box[4] - box[1]) / static_cast<T>(ry);
-  const T csz = (box[5] - box[2]) / static_cast<T>(rz);
-  const int32_t sx = d[0] > T(0) ? 1 : -1, sy = d[1] > T(0) ? 1 : -1, sz = d[2] > T(0) ? 1 : -1;
-  // 1 / d_a once (a multiply per step instead of a divide; its extra ulp is inside the margin).
-  const T inv0 = T(1) / d[0], inv1 = T(1) / d[1], inv2 = T(1) / d[2];
-  // The plane through which the ray leaves cell i along an axis, and where it crosses it (never, for d_a == 0).
-  auto plane_x = [&](int32_t i) { return box[0] + static_cast<T>(i + (sx > 0 ? 1 : 0)) * csx; };
-  auto plane_y = [&](int32_t i) { return box[1] + static_cast<T>(i + (sy > 0 ? 1 : 0)) * csy; };
-  auto plane_z = [&](int32_t i) { return box[2] + static_cast<T>(i + (sz > 0 ? 1 : 0)) * csz; };
-  auto cross_x = [&](int32_t i) { return d[0] == T(0) ? na_inf<T>() : (plane_x(i) - o[0]) * inv0; };
-  auto cross_y = [&](int32_t i) { return d[1] == T(0) ? na_inf<T>() : (plane_y(i) - o[1]) * inv1; };
-  auto cross_z = [&](int32_t i) { return d[2] == T(0) ? na_inf<T>() : (plane_z(i) - o[2]) * inv2; };
-  // The last cell of i's block along an axis of resolution r, in the ray's direction s (i >= 0).
-  auto block_last = [&](int32_t i, int32_t r, int32_t s) {
-    const int32_t first = i & -kCoarse;
-    return s > 0 ? na_min(first + kCoarse - 1, r - 1) : first;
-  };
-  auto cell = [&](int32_t i, int32_t j, int32_t k) { return grid.cell(lvl, i, j, k); };
-  // Whether the ray is in a run of empty cells whose block has no occupied cell.
-  auto skip_block = [&](int32_t i, int32_t j, int32_t k) { return kRuns && !occupied && !grid.block(lvl, i, j, k); };
-  int32_t ix = idx[0], iy = idx[1], iz = idx[2];
-  // skipping: the current cell's block has no occupied cell (only in a run of empty cells); then the tn* are the
-  // crossings out of the block's last cells along the ray (block_last), else out of the cell.
-  bool skipping = skip_block(ix, iy, iz);
-  T tnx = cross_x(skipping ? block_last(ix, rx, sx) : ix);
-  T tny = cross_y(skipping ? block_last(iy, ry, sy) : iy);
-  T tnz = cross_z(skipping ? block_last(iz, rz, sz) : iz);
-  // kRuns, cell steps: the crossings out of the next cells too (tnn*), so a step only selects values computed a
-  // step ahead; with the axis picked by comparisons instead of branches, nothing in a step waits on a branch
-  // (on a CPU the axis order is close to random: a branch per step mispredicts about every other step).
-  T tnnx = kRuns ? cross_x(ix + sx) : T(0), tnny = kRuns ? cross_y(iy + sy) : T(0);
-  T tnnz = kRuns ? cross_z(iz + sz) : T(0);
-  const int32_t max_steps = rx + ry + rz + 3;
-  for (int32_t s = 0; s < max_steps; ++s) {
-    if (kRuns && !skipping) {
-      const T t_xy = na_min(tnx, tny);
-      const T t_c = na_min(t_xy, tnz);
-      if (!(t_c < t_end)) break;
-      const int32_t y_first = tny < tnx, z_first = tnz < t_xy;
-      const int32_t on_y = y_first & (1 - z_first), on_x = (1 - y_first) & (1 - z_first);
-      const int32_t jx = ix + on_x * sx, jy = iy + on_y * sy, jz = iz + z_first * sz;
-      if (static_cast<uint32_t>(jx) >= static_cast<uint32_t>(rx) || static_cast<uint32_t>(jy) >= static_cast<uint32_t>(ry) ||
-          static_cast<uint32_t>(jz) >= static_cast<uint32_t>(rz) || cell(jx, jy, jz) != occupied || s + 1 == max_steps) {
-        const int a = z_first ? 2 : (y_first ? 1 : 0);
-        const T p = a == 0 ? plane_x(ix) : (a == 1 ? plane_y(iy) : plane_z(iz));
-        t_end = t_c;
-        margin = skip_margin(t_c, o[a], d[a], p, box[a + 3] - box[a]);
-        break;
-      }
-      ix = jx;
-      iy = jy;
-      iz = jz;
-      skipping = skip_block(ix, iy, iz);
-      if (skipping) {
-        tnx = cross_x(block_last(ix, rx, sx));
-        tny = cross_y(block_last(iy, ry, sy));
-        tnz = cross_z(block_last(iz, rz, sz));
-      } else {
-        tnx = bit_select(on_x, tnnx, tnx);
-        tny = bit_select(on_y, tnny, tny);
-        tnz = bit_select(z_first, tnnz, tnz);
-        tnnx = cross_x(ix + sx);
-        tnny = cross_y(iy + sy);
-        tnnz = cross_z(iz + sz);
-      }
-      continue;
+  return true;
+}
+
+// The cells of level lvl along a ray, axis A = 0, 1, 2 fixed at compile time (an array indexed at run time would
+// live in local memory on the GPU). The crossing of the plane through which the ray leaves cell i along axis A is
+// a closed form of i, c0 + i * c1 with c0 = (plane(0) - o_A) / d_A and c1 = cell size / d_A taken once per walk: one
+// multiply and one add per crossing, nothing accumulated, so nothing drifts (its few ulps of (|o_A| + |plane| +
+// |box extent|) / |d_A| are inside skip_margin), and block steps cross exactly the planes that cell steps would.
+template <typename T>
+struct CellAxes {
+  const T* o;
+  const T* d;
+  const T* box;
+  T c0[3], c1[3], mb[3];  // mb: margin_base of each axis
+  int32_t s[3], res[3];
+
+  NA_HD CellAxes(const T* o_, const T* d_, const TravGrid<T>& grid, int32_t lvl)
+      : o(o_), d(d_), box(grid.aabbs + 6 * lvl) {
+    for (int a = 0; a < 3; ++a) {
+      res[a] = grid.res[a];
+      const T cs = cell_size(a), inv = T(1) / d[a];
+      s[a] = d[a] > T(0) ? 1 : -1;
+      c0[a] = d[a] == T(0) ? na_inf<T>() : (box[a] + (s[a] > 0 ? cs : T(0)) - o[a]) * inv;
+      c1[a] = d[a] == T(0) ? T(0) : cs * inv;
+      mb[a] = margin_base(o[a], d[a], box[a], box[a + 3]);
     }
+  }
+  // Where the ray leaves cell i along axis A (never, for d_A == 0).
+  template <int A>
+  NA_HD T cross(int32_t i) const {
+    return c0[A] + static_cast<T>(i) * c1[A];
+  }
+  NA_HD T cell_size(int a) const { return (box[a + 3] - box[a]) / static_cast<T>(res_of(a)); }
+  // The last cell of i's block along axis A in the ray's direction (i >= 0).
+  template <int A>
+  NA_HD int32_t block_last(int32_t i) const {
+    const int32_t first = i & -kCoarse;
+    return s[A] > 0 ? na_min(first + kCoarse - 1, res[A] - 1) : first;
+  }
+  // s and res of a run-time axis a, by selects (no array indexed at run time).
+  NA_HD int32_t s_of(int a) const { return a == 0 ? s[0] : (a == 1 ? s[1] : s[2]); }
+  NA_HD int32_t res_of(int a) const { return a == 0 ? res[0] : (a == 1 ? res[1] : res[2]); }
+  // The safety margin of a crossing at t_c of a plane of axis a.
+  NA_HD T margin(int a, T t_c) const { return skip_margin(t_c, a == 0 ? mb[0] : (a == 1 ? mb[1] : mb[2])); }
+};
+
+// From the empty cell `idx` of level `lvl` holding the midpoint m: the t (minus its safety margin) at which the
+// run of empty cells ends along the ray, cell by cell. The walk stops at the first occupied cell, at the exit of
+// the level's box, at the entry into a lower-index level's box (whose cells take precedence there), or at t_stop
+// (the ray's end). This is the march of the CUDA kernel (and of the CPU with NERFACCEL_TRAVERSE_RUNS=0).
+template <typename T>
+NA_HD T run_end(const T* o, const T* d, T m, const TravGrid<T>& grid, int32_t lvl, const int32_t* idx, T t_stop) {
+  T t_end = t_stop;
+  T margin = T(0);
+  if (!lower_level_entry(o, d, m, grid, lvl, t_end, margin)) return m;
+  const CellAxes<T> ax(o, d, grid, lvl);
+  int32_t ix = idx[0], iy = idx[1], iz = idx[2];
+  T tnx = ax.template cross<0>(ix), tny = ax.template cross<1>(iy), tnz = ax.template cross<2>(iz);
+  const int32_t max_steps = ax.res[0] + ax.res[1] + ax.res[2] + 3;
+  for (int32_t s = 0; s < max_steps; ++s) {
     // The axis whose plane comes first (ties: x, then y).
     int a = 0;
     T t_c = tnx;
@@ -324,38 +313,20 @@ NA_HD T run_end(const T* o, const T* d, T m, const TravGrid<T>& grid, int32_t lv
       t_c = tnz;
     }
     if (!(t_c < t_end)) break;  // the run reaches t_end (also catches NaN)
-    // Leaving cell (or block) e_a through the plane of axis a at t_c: the next cell along a is e_a + s_a.
+    // Leaving cell i_a through the plane of axis a at t_c: the next cell along a is i_a + s_a.
     const int32_t i_a = a == 0 ? ix : (a == 1 ? iy : iz);
-    const int32_t res_a = a == 0 ? rx : (a == 1 ? ry : rz);
-    const int32_t s_a = a == 0 ? sx : (a == 1 ? sy : sz);
-    const int32_t e_a = skipping ? block_last(i_a, res_a, s_a) : i_a;
-    const int32_t i_next = e_a + s_a;
-    if (skipping) {
-      // Across a block: along the other axes, the cell holding the crossing point is found by crossing the cell
-      // planes that come first (a tie with an axis ordered before a counts as first, as in cell steps). They lie
-      // inside the block: its own exit planes on those axes come at t_c or later.
-      for (int32_t q = 1; q < kCoarse && a != 0 && cross_x(ix) <= t_c; ++q) ix += sx;
-      for (int32_t q = 1; q < kCoarse && a != 1 && (a == 2 ? cross_y(iy) <= t_c : cross_y(iy) < t_c); ++q) iy += sy;
-      for (int32_t q = 1; q < kCoarse && a != 2 && cross_z(iz) < t_c; ++q) iz += sz;
-    }
+    const int32_t i_next = i_a + ax.s_of(a);
     if (a == 0) ix = i_next;
     if (a == 1) iy = i_next;
     if (a == 2) iz = i_next;
-    if (i_next < 0 || i_next >= res_a || cell(ix, iy, iz) != occupied || s + 1 == max_steps) {
-      const T p = a == 0 ? plane_x(e_a) : (a == 1 ? plane_y(e_a) : plane_z(e_a));
+    if (i_next < 0 || i_next >= ax.res_of(a) || grid.cell(lvl, ix, iy, iz) || s + 1 == max_steps) {
       t_end = t_c;
-      margin = skip_margin(t_c, o[a], d[a], p, box[a + 3] - box[a]);
+      margin = ax.margin(a, t_c);
       break;
     }
-    skipping = skip_block(ix, iy, iz);
-    tnx = cross_x(skipping ? block_last(ix, rx, sx) : ix);
-    tny = cross_y(skipping ? block_last(iy, ry, sy) : iy);
-    tnz = cross_z(skipping ? block_last(iz, rz, sz) : iz);
-    if (kRuns && !skipping) {
-      tnnx = cross_x(ix + sx);
-      tnny = cross_y(iy + sy);
-      tnnz = cross_z(iz + sz);
-    }
+    tnx = ax.template cross<0>(ix);
+    tny = ax.template cross<1>(iy);
+    tnz = ax.template cross<2>(iz);
   }
   return t_end - margin;
 }
@@ -393,12 +364,184 @@ struct VisitStats {
   NA_HD void visit(int64_t n = 1) { visits += n; }
 };
 
+// One ray's march: its lattice, the part [lo, hi) of it inside the grids, and the sample lookup of the rule.
+template <typename T>
+struct RayTrace {
+  const T* o;
+  const T* d;
+  const TravGrid<T>& grid;
+  TravLattice<T> lat;
+  T lo, hi;
+
+  // Evaluates sample k by the rule: its bounds t0, t1 and midpoint m; returns the level holding m (-1: m outside
+  // [lo, hi) or in a gap between boxes) and m's cell in idx.
+  NA_HD int32_t lookup(int32_t k, T& t0, T& t1, T& m, int32_t* idx) const {
+    t0 = lat.t(k);
+    t1 = lat.t(k + 1);
+    m = T(0.5) * (t0 + t1);
+    if (!(m >= lo && m < hi)) return -1;
+    T x[3];
+    for (int a = 0; a < 3; ++a) x[a] = o[a] + m * d[a];
+    return grid.locate(x, idx);
+  }
+  // Sample k by lookup alone; emits it when its cell is occupied.
+  template <typename Emit>
+  NA_HD void eval(int32_t k, Emit& emit) const {
+    T t0, t1, m;
+    int32_t idx[3];
+    const int32_t lvl = lookup(k, t0, t1, m, idx);
+    if (lvl >= 0 && grid.cell(lvl, idx[0], idx[1], idx[2])) emit(k, t0, t1);
+  }
+};
+
+// The CPU march (kRuns): from sample k - 1, whose midpoint m lies in cell `idx` of level `lvl` with occupancy `occ`,
+// one DDA walks the cells of that level along the ray across any number of runs of occupied and empty cells, until
+// the exit of the level's box, the entry into a lower-index level's box, or the end of the ray; returns the first
+// sample not yet decided (the caller looks it up and walks on from there).
+// * At each change of occupancy at t_c (margin mu, skip_margin), the samples whose midpoints lie before t_c - mu
+//   take the ending run's occupancy (emit.range for occupied runs, no lookup each), and those with midpoints in
+//   [t_c - mu, t_c + mu) are looked up one by one; so the output only differs from one lookup per sample for a
+//   midpoint within the margin of a cell face, as with a walk per run.
+// * A run of empty cells crosses a coarse block without an occupied cell in one step.
+// * A cell step picks its axis without branches and selects crossings computed a step ahead (tnn*): on a CPU the
+//   axis order is close to random, and a branch per step would mispredict about every other step.
+template <typename T, typename Emit, typename Stats>
+NA_HD int32_t walk_runs(const RayTrace<T>& ray, T m, int32_t lvl, const int32_t* idx, bool occ, int32_t k,
+                        int32_t k_hi, Emit& emit, Stats& stats) {
+  const TravGrid<T>& grid = ray.grid;
+  const TravLattice<T>& lat = ray.lat;
+  T t_end = ray.hi;
+  T margin = T(0);
+  if (!lower_level_entry(ray.o, ray.d, m, grid, lvl, t_end, margin)) return k;
+  const CellAxes<T> ax(ray.o, ray.d, grid, lvl);
+  const int32_t rx = ax.res[0], ry = ax.res[1], rz = ax.res[2];
+  const int32_t sx = ax.s[0], sy = ax.s[1], sz = ax.s[2];
+  // The samples before t_c - mu take the ending run's occupancy (occ); those before t_c + mu are looked up.
+  auto settle = [&](T t_c, T mu) {
+    int32_t kb = lat.first_mid_at_or_after(t_c - mu);
+    kb = na_max(k, na_min(kb, k_hi));
+    if (occ) {
+      stats.visit(kb - k);
+      emit.range(lat, k, kb);
+    }
+    for (k = kb; k < k_hi && lat.mid(k) < t_c + mu; ++k) {
+      stats.visit();
+      ray.eval(k, emit);
+    }
+  };
+  auto skip_block = [&](int32_t i, int32_t j, int32_t l) { return !occ && !grid.block(lvl, i, j, l); };
+  int32_t ix = idx[0], iy = idx[1], iz = idx[2];
+  // skipping: the current cell's block has no occupied cell (only in a run of empty cells); then the tn* are the
+  // crossings out of the block's last cells along the ray, else out of the cell, and the tnn* out of the next cells.
+  bool skipping = skip_block(ix, iy, iz);
+  T tnx = ax.template cross<0>(skipping ? ax.template block_last<0>(ix) : ix);
+  T tny = ax.template cross<1>(skipping ? ax.template block_last<1>(iy) : iy);
+  T tnz = ax.template cross<2>(skipping ? ax.template block_last<2>(iz) : iz);
+  T tnnx = ax.template cross<0>(ix + sx), tnny = ax.template cross<1>(iy + sy), tnnz = ax.template cross<2>(iz + sz);
+  const int32_t max_steps = rx + ry + rz + 3;
+  for (int32_t s = 0; s < max_steps; ++s) {
+    if (!skipping) {
+      const T t_xy = na_min(tnx, tny);
+      const T t_c = na_min(t_xy, tnz);
+      if (!(t_c < t_end)) break;  // the walk reaches t_end (also catches NaN)
+      const int32_t y_first = tny < tnx, z_first = tnz < t_xy;
+      const int32_t on_y = y_first & (1 - z_first), on_x = (1 - y_first) & (1 - z_first);
+      const int32_t jx = ix + on_x * sx, jy = iy + on_y * sy, jz = iz + z_first * sz;
+      const int a = z_first ? 2 : (y_first ? 1 : 0);
+      if (static_cast<uint32_t>(jx) >= static_cast<uint32_t>(rx) ||
+          static_cast<uint32_t>(jy) >= static_cast<uint32_t>(ry) ||
+          static_cast<uint32_t>(jz) >= static_cast<uint32_t>(rz) || s + 1 == max_steps) {
+        t_end = t_c;
+        margin = ax.margin(a, t_c);
+        break;
+      }
+      if (grid.cell(lvl, jx, jy, jz) != occ) {
+        settle(t_c, ax.margin(a, t_c));
+        if (k >= k_hi) return k;
+        occ = !occ;
+      }
+      ix = jx;
+      iy = jy;
+      iz = jz;
+      skipping = skip_block(ix, iy, iz);
+      if (skipping) {
+        tnx = ax.template cross<0>(ax.template block_last<0>(ix));
+        tny = ax.template cross<1>(ax.template block_last<1>(iy));
+        tnz = ax.template cross<2>(ax.template block_last<2>(iz));
+      } else {
+        tnx = bit_select(on_x, tnnx, tnx);
+        tny = bit_select(on_y, tnny, tny);
+        tnz = bit_select(z_first, tnnz, tnz);
+        tnnx = ax.template cross<0>(ix + sx);
+        tnny = ax.template cross<1>(iy + sy);
+        tnnz = ax.template cross<2>(iz + sz);
+      }
+      continue;
+    }
+    // Across an empty block: the axis whose plane comes first (ties: x, then y).
+    int a = 0;
+    T t_c = tnx;
+    if (tny < t_c) {
+      a = 1;
+      t_c = tny;
+    }
+    if (tnz < t_c) {
+      a = 2;
+      t_c = tnz;
+    }
+    if (!(t_c < t_end)) break;
+    const int32_t e_a = a == 0 ? ax.template block_last<0>(ix)
+                               : (a == 1 ? ax.template block_last<1>(iy) : ax.template block_last<2>(iz));
+    const int32_t i_next = e_a + ax.s_of(a);
+    // Along the other axes, the cell holding the crossing point is found by crossing the cell planes that come
+    // first (a tie with an axis ordered before a counts as first, as in cell steps). They lie inside the block:
+    // its own exit planes on those axes come at t_c or later.
+    for (int32_t q = 1; q < kCoarse && a != 0 && ax.template cross<0>(ix) <= t_c; ++q) ix += sx;
+    for (int32_t q = 1; q < kCoarse && a != 1 && (a == 2 ? ax.template cross<1>(iy) <= t_c : ax.template cross<1>(iy) < t_c);
+         ++q)
+      iy += sy;
+    for (int32_t q = 1; q < kCoarse && a != 2 && ax.template cross<2>(iz) < t_c; ++q) iz += sz;
+    if (a == 0) ix = i_next;
+    if (a == 1) iy = i_next;
+    if (a == 2) iz = i_next;
+    if (i_next < 0 || i_next >= ax.res_of(a) || s + 1 == max_steps) {
+      t_end = t_c;
+      margin = ax.margin(a, t_c);
+      break;
+    }
+    if (grid.cell(lvl, ix, iy, iz)) {  // the first occupied cell
+      settle(t_c, ax.margin(a, t_c));
+      if (k >= k_hi) return k;
+      occ = true;
+    }
+    skipping = skip_block(ix, iy, iz);
+    tnx = ax.template cross<0>(skipping ? ax.template block_last<0>(ix) : ix);
+    tny = ax.template cross<1>(skipping ? ax.template block_last<1>(iy) : iy);
+    tnz = ax.template cross<2>(skipping ? ax.template block_last<2>(iz) : iz);
+    if (!skipping) {
+      tnnx = ax.template cross<0>(ix + sx);
+      tnny = ax.template cross<1>(iy + sy);
+      tnnz = ax.template cross<2>(iz + sz);
+    }
+  }
+  // The walk ends at t_end: the samples before t_end - margin take the last run's occupancy; the caller looks up
+  // the next one and walks on from its cell.
+  int32_t kb = lat.first_mid_at_or_after(t_end - margin);
+  kb = na_max(k, na_min(kb, k_hi));
+  if (occ) {
+    stats.visit(kb - k);
+    emit.range(lat, k, kb);
+  }
+  return kb;
+}
+
 // Marches one ray; calls emit(k, t0, t1) for each kept sample (lattice index k, t0 = t_k, t1 = t_{k+1}), or
 // emit.range(lat, k0, k1) for the samples k0 <= k < k1 inside a run of occupied cells, in order; stats.visit(n)
-// counts the lattice points evaluated (the samples of a run count as evaluated).
+// counts the lattice points evaluated (the samples of a run count as evaluated). kRuns: the CPU march
+// (walk_runs); else the CUDA kernel's (a lookup per sample in occupied cells, run_end across empty ones).
 template <bool kRuns, typename T, typename Emit, typename Stats>
 NA_HD void traverse_ray(const T* o, const T* d, T near, T far, const TravGrid<T>& grid, T step_size, T cone_angle,
-                           Emit& emit, Stats& stats) {
+                        Emit& emit, Stats& stats) {
   T lo = na_inf<T>(), hi = -na_inf<T>();
   for (int32_t l = 0; l < grid.levels; ++l) {
     const T* box = grid.aabbs + 6 * l;
@@ -412,44 +555,30 @@ NA_HD void traverse_ray(const T* o, const T* d, T near, T far, const TravGrid<T>
   lo = nan_max(lo, near);
   hi = nan_min(hi, far);
   if (!(na_isfinite(lo) && hi > lo)) return;
-  const TravLattice<T> lat(near, step_size, cone_angle);
-  int32_t k = lat.first_mid_at_or_after(lo);
-  const int32_t k_hi = lat.first_mid_at_or_after(hi);
+  const RayTrace<T> ray{o, d, grid, TravLattice<T>(near, step_size, cone_angle), lo, hi};
+  int32_t k = ray.lat.first_mid_at_or_after(lo);
+  const int32_t k_hi = ray.lat.first_mid_at_or_after(hi);
   while (k < k_hi) {
     stats.visit();
-    const T t0 = lat.t(k);
-    const T t1 = lat.t(k + 1);
-    const T m = T(0.5) * (t0 + t1);
-    if (!(m >= lo && m < hi)) {
-      ++k;
-      continue;
-    }
-    T x[3];
-    for (int a = 0; a < 3; ++a) x[a] = o[a] + m * d[a];
+    T t0, t1, m;
     int32_t idx[3];
-    const int32_t lvl = grid.locate(x, idx);
-    if (lvl < 0) {  // a gap between disjoint boxes
+    const int32_t lvl = ray.lookup(k, t0, t1, m, idx);
+    if (lvl < 0) {  // outside [lo, hi) by rounding, or a gap between disjoint boxes
       ++k;
       continue;
     }
     const bool occupied = grid.cell(lvl, idx[0], idx[1], idx[2]);
     if (occupied) emit(k, t0, t1);
-    if (occupied && !kRuns) {
+    if (kRuns) {
+      k = walk_runs(ray, m, lvl, idx, occupied, k + 1, k_hi, emit, stats);
+      continue;
+    }
+    if (occupied) {
       ++k;
       continue;
     }
-    const T t_run = run_end<kRuns>(o, d, m, grid, lvl, idx, hi, occupied);
-    if (occupied) {
-      // Every later sample whose midpoint lies before the end of this run of occupied cells (minus the margin),
-      // without a cell lookup each.
-      const int32_t k_first = k + 1;
-      k = t_run > m ? lat.first_mid_at_or_after(t_run) : k_first;
-      k = na_max(k_first, na_min(k, k_hi));
-      stats.visit(k - k_first);
-      emit.range(lat, k_first, k);
-      continue;
-    }
-    const int32_t k_next = t_run > m ? lat.first_mid_at_or_after(t_run) : k + 1;
+    const T t_run = run_end(o, d, m, grid, lvl, idx, hi);
+    const int32_t k_next = t_run > m ? ray.lat.first_mid_at_or_after(t_run) : k + 1;
     k = k_next > k ? k_next : k + 1;
   }
 }
