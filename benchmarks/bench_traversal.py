@@ -244,6 +244,8 @@ def main() -> None:
         head = header("traverse_grids on CUDA vs nerfacc", "cuda", [f"load average: {load_average()}"])
         lines = [head, *gpu_rows(args.rays, args.res, args.repeat)]
     else:
+        if args.threads > 0:  # the header names this process's thread count: that of the measurements
+            torch.set_num_threads(args.threads)
         if args.baseline != "none":
             old, new = compare(args.baseline, args)
             rows = [(f"baseline {args.baseline}", old), ("this checkout", new)]

@@ -10,8 +10,9 @@
 // the cells of that level along the ray until the first occupied cell (or the level's box, a finer level's box, or
 // the end of the ray), and the march continues at the first lattice point whose midpoint lies past that point
 // minus a safety margin (a few ulps of the positions involved, see skip_margin). The lattice keeps its closed form,
-// so a jump never shifts the samples after it; samples are still only emitted after their own cell lookup, so a
-// jump can only change the output for a midpoint within the margin of a cell face.
+// so a jump never shifts the samples after it; a jump can only change the output for a midpoint within the margin
+// of a cell face. The CPU march (walk_runs) goes further: one walk crosses runs of occupied cells too, emitting
+// their samples without a lookup each, under the same margin rule (docs/traversal.md).
 //
 // Count and fill cannot disagree: both go through the one function traverse_ray with a SlotEmit, whose `write`
 // flag only decides whether the sample is stored (and stores are bounded by the ray's slot range); the march itself
