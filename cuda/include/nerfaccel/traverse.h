@@ -288,6 +288,22 @@ struct CellAxes {
   NA_HD T margin(int a, T t_c) const { return skip_margin(t_c, a == 0 ? mb[0] : (a == 1 ? mb[1] : mb[2])); }
 };
 
+// The axis whose crossing comes first (ties: x, then y), and that crossing t_c.
+template <typename T>
+NA_HD int first_axis(T tnx, T tny, T tnz, T& t_c) {
+  int a = 0;
+  t_c = tnx;
+  if (tny < t_c) {
+    a = 1;
+    t_c = tny;
+  }
+  if (tnz < t_c) {
+    a = 2;
+    t_c = tnz;
+  }
+  return a;
+}
+
 // From the empty cell `idx` of level `lvl` holding the midpoint m: the t (minus its safety margin) at which the
 // run of empty cells ends along the ray, cell by cell. The walk stops at the first occupied cell, at the exit of
 // the level's box, at the entry into a lower-index level's box (whose cells take precedence there), or at t_stop
@@ -302,17 +318,8 @@ NA_HD T run_end(const T* o, const T* d, T m, const TravGrid<T>& grid, int32_t lv
   T tnx = ax.template cross<0>(ix), tny = ax.template cross<1>(iy), tnz = ax.template cross<2>(iz);
   const int32_t max_steps = ax.res[0] + ax.res[1] + ax.res[2] + 3;
   for (int32_t s = 0; s < max_steps; ++s) {
-    // The axis whose plane comes first (ties: x, then y).
-    int a = 0;
-    T t_c = tnx;
-    if (tny < t_c) {
-      a = 1;
-      t_c = tny;
-    }
-    if (tnz < t_c) {
-      a = 2;
-      t_c = tnz;
-    }
+    T t_c;
+    const int a = first_axis(tnx, tny, tnz, t_c);
     if (!(t_c < t_end)) break;  // the run reaches t_end (also catches NaN)
     // Leaving cell i_a through the plane of axis a at t_c: the next cell along a is i_a + s_a.
     const int32_t i_a = a == 0 ? ix : (a == 1 ? iy : iz);
@@ -479,17 +486,9 @@ NA_HD int32_t walk_runs(const RayTrace<T>& ray, T m, int32_t lvl, const int32_t*
       }
       continue;
     }
-    // Across an empty block: the axis whose plane comes first (ties: x, then y).
-    int a = 0;
-    T t_c = tnx;
-    if (tny < t_c) {
-      a = 1;
-      t_c = tny;
-    }
-    if (tnz < t_c) {
-      a = 2;
-      t_c = tnz;
-    }
+    // Across an empty block.
+    T t_c;
+    const int a = first_axis(tnx, tny, tnz, t_c);
     if (!(t_c < t_end)) break;
     const int32_t e_a = a == 0 ? ax.template block_last<0>(ix)
                                : (a == 1 ? ax.template block_last<1>(iy) : ax.template block_last<2>(iz));
