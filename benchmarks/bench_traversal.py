@@ -55,8 +55,16 @@ def lego_like_grid(res: int = 128, levels: int = 1, seed: int = 0) -> torch.Tens
         lo = (torch.rand(3, generator=g) - 0.5) * 1.2
         hi = lo + 0.1 + torch.rand(3, generator=g) * 0.4
         inside = (x >= lo[0]) & (x <= hi[0]) & (y >= lo[1]) & (y <= hi[1]) & (z >= lo[2]) & (z <= hi[2])
-        dist = torch.stack([(x - lo[0]).abs(), (x - hi[0]).abs(), (y - lo[1]).abs(), (y - hi[1]).abs(),
-                            (z - lo[2]).abs(), (z - hi[2]).abs()]).amin(0)
+        dist = torch.stack(
+            [
+                (x - lo[0]).abs(),
+                (x - hi[0]).abs(),
+                (y - lo[1]).abs(),
+                (y - hi[1]).abs(),
+                (z - lo[2]).abs(),
+                (z - hi[2]).abs(),
+            ]
+        ).amin(0)
         occ |= inside & (dist < shell)
     occ |= (y < -0.55) & (y > -0.6) & (x.abs() < 0.6) & (z.abs() < 0.6)  # a base plate
     return occ[None].expand(levels, res, res, res).contiguous()
@@ -154,8 +162,19 @@ def _measure_in(tree: Path, args, sources: bool) -> dict:
     env = dict(os.environ, PYTHONPATH=str(tree))
     if sources:
         env["NERFACCEL_BENCH_SOURCES"] = str(tree / "cuda")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--measure-only", "--rays", str(args.rays), "--res",
-           str(args.res), "--repeat", str(args.repeat), "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--measure-only",
+        "--rays",
+        str(args.rays),
+        "--res",
+        str(args.res),
+        "--repeat",
+        str(args.repeat),
+        "--threads",
+        str(args.threads),
+    ]
     res = subprocess.run(cmd, cwd=str(tree), env=env, check=True, capture_output=True, text=True)
     return json.loads([x for x in res.stdout.splitlines() if x.startswith("{")][-1])
 
@@ -165,8 +184,9 @@ def compare(commit: str, args) -> tuple[dict, dict]:
     round of each is kept), so load changes on a shared machine hit both alike."""
     tmp = Path(tempfile.mkdtemp(prefix="nerfaccel-bench-"))
     wt = tmp / "wt"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(wt), commit], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(wt), commit], check=True, capture_output=True
+    )
     try:
         best: dict[str, dict] = {}
         for _ in range(args.rounds):
@@ -178,8 +198,9 @@ def compare(commit: str, args) -> tuple[dict, dict]:
                     best[key] = out
         return best["old"], best["new"]
     finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(wt)], check=False,
-                       capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(wt)], check=False, capture_output=True
+        )
 
 
 def gpu_rows(n_rays: int, res: int, repeat: int) -> list[str]:
@@ -194,8 +215,10 @@ def gpu_rows(n_rays: int, res: int, repeat: int) -> list[str]:
         have_nerfacc = True
     except ImportError:
         have_nerfacc = False
-    rows = ["| case | nerfaccel (ms) | nerfacc (ms) | nerfacc / nerfaccel | samples (ours / nerfacc) |",
-            "|---|---:|---:|---:|---:|"]
+    rows = [
+        "| case | nerfaccel (ms) | nerfacc (ms) | nerfacc / nerfaccel | samples (ours / nerfacc) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     o, d = (x.cuda() for x in rays(n_rays))
     for cone, levels in ((0.0, 1), (1 / 256, 4)):
         b = lego_like_grid(res, levels).cuda()
@@ -217,8 +240,10 @@ def gpu_rows(n_rays: int, res: int, repeat: int) -> list[str]:
                 n_theirs = int(run()[1].vals.numel())
             except Exception as err:  # noqa: BLE001 - report, do not fail the other rows
                 print(f"nerfacc failed: {err}", file=sys.stderr)
-        rows.append(f"| cone {cone:.4g}, {levels} level(s) | {ours * 1e3:.3f} | {theirs * 1e3:.3f} | "
-                    f"{theirs / ours:.2f} | {n_ours} / {n_theirs} |")
+        rows.append(
+            f"| cone {cone:.4g}, {levels} level(s) | {ours * 1e3:.3f} | {theirs * 1e3:.3f} | "
+            f"{theirs / ours:.2f} | {n_ours} / {n_theirs} |"
+        )
     return rows
 
 
@@ -253,8 +278,11 @@ def main() -> None:
             new = measure_cpu_sampling(args.rays, args.res, args.repeat, args.threads)
             rows = [("this checkout", new)]
         lines = [
-            header("OccGridEstimator.sampling on the CPU (no field function)", "cpu",
-                   [f"load average at the end: {load_average()} (2 cores)"]),
+            header(
+                "OccGridEstimator.sampling on the CPU (no field function)",
+                "cpu",
+                [f"load average at the end: {load_average()} (2 cores)"],
+            ),
             f"Scene: lego-like {args.res}^3 grid, {new['occupied'] * 100:.1f}% occupied, {args.rays} rays from a "
             f"radius-4 sphere, step = diagonal / 1024, cone 0, 1 level; {new['threads']} torch threads. Times: "
             f"fastest of {args.repeat} calls, fastest of {args.rounds} alternating rounds (one process each) per code.",
@@ -265,9 +293,11 @@ def main() -> None:
         ]
         ref_s = rows[0][1]["seconds"]
         for name, r in rows:
-            lines.append(f"| {name} | {r['seconds'] * 1e3:.1f} | {r['median'] * 1e3:.1f} | {r['samples']} | "
-                         f"{r['visits']} | "
-                         f"{r['visits'] / max(r['samples'], 1):.2f} | {ref_s / r['seconds']:.2f}x |")
+            lines.append(
+                f"| {name} | {r['seconds'] * 1e3:.1f} | {r['median'] * 1e3:.1f} | {r['samples']} | "
+                f"{r['visits']} | "
+                f"{r['visits'] / max(r['samples'], 1):.2f} | {ref_s / r['seconds']:.2f}x |"
+            )
         lines.append("")
         lines.append("Lattice points: " + "; ".join(f"{n}: {r['visits_source']}" for n, r in rows) + ".")
     text = "\n".join(lines) + "\n"

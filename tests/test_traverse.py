@@ -131,6 +131,108 @@ def test_sparse_scenes_skip_blocks_and_runs(K, levels, cone):
     _both(*K, o, d, b, _nested(levels), torch.zeros(n), torch.full((n,), 1e10), 0.01, cone, min_samples=300)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_random_resolutions_scales_and_offsets(K, seed):
+    """Resolutions that are no multiple of anything, boxes off the origin and 1e-2 to 1e3 units wide, 1, 2 and 4
+    levels, sparse and random grids, axis-parallel, nearly parallel and diagonal rays: the safety margin of the
+    walks (docs/traversal.md) scales with all of them."""
+    g = torch.Generator().manual_seed(100 + seed)
+    levels = [1, 2, 4][seed % 3]
+    res = tuple(int(x) for x in torch.randint(5, 70, (3,), generator=g))
+    b = _blobs(levels, res, seed) if seed % 2 else torch.rand(levels, *res, generator=g) > 0.8
+    scale = [1.0, 1e3, 1e-2, 37.0, 1.0, 250.0][seed]
+    shift = (torch.rand(3, generator=g) - 0.5) * 3 * scale
+    n = 200
+    d = torch.randn(n, 3, generator=g)
+    d[:20, seed % 3] = 0.0
+    d[20:40, (seed + 1) % 3] = 1e-6
+    d[40:50] = torch.tensor([1.0, 1.0, 1.0])
+    d = torch.nn.functional.normalize(d, dim=-1)
+    o = (-d * 3 + torch.randn(n, 3, generator=g) * 0.5) * scale + shift
+    aabbs = _nested(levels) * scale + torch.cat([shift, shift])
+    near = torch.rand(n, generator=g) * 0.3 * scale
+    cone = [0.0, 1 / 256, 0.02][seed % 3]
+    step = 2 * scale / max(res) / [3, 7, 1.5][seed % 3]
+    _both(*K, o, d, b, aabbs, near, torch.full((n,), 1e10), step, cone, min_samples=200)
+
+
+def _lookup_everywhere_f32(o, d, b, aabbs, near, far, step):
+    """The rule at every lattice point (cone 0) in float32, with the operations of traverse.h's per-sample lookup
+    in the same order (slab interval, t_k = near + k step, m = (t_k + t_k+1) / 2, x = o + m d, cell = trunc((x - lo)
+    / (hi - lo) * res)): what the compiled march must return exactly when its safety margins cover the rounding of
+    its DDA (every jump and run decides only samples that their own lookup would decide the same way)."""
+    f32 = torch.float32
+    o, d, aabbs, near, far = (x.to(f32) for x in (o, d, aabbs, near, far))
+    n, inf = o.shape[0], math.inf
+    lo, hi = torch.full((n,), inf), torch.full((n,), -inf)
+    for box in aabbs:
+        inside = (o >= box[:3]) & (o <= box[3:])
+        t1, t2 = (box[:3] - o) / d, (box[3:] - o) / d
+        flat = d == 0
+        t_in = torch.where(flat, torch.where(inside, -inf, inf), torch.minimum(t1, t2)).amax(1)
+        t_out = torch.where(flat, torch.where(inside, inf, -inf), torch.maximum(t1, t2)).amin(1)
+        hit = (t_out > t_in) & (t_out > 0)
+        lo = torch.where(hit, torch.minimum(lo, t_in), lo)
+        hi = torch.where(hit, torch.maximum(hi, t_out), hi)
+    lo, hi = torch.maximum(lo, near), torch.minimum(hi, far)
+    live = torch.isfinite(lo) & (hi > lo)
+    k_max = int(((hi - near) / step).masked_fill(~live, 0).max().ceil()) + 2
+    k = torch.arange(k_max + 1, dtype=f32)
+    t = near[:, None] + k[None] * torch.tensor(step, dtype=f32)  # (n, k_max + 1)
+    t0, t1 = t[:, :-1], t[:, 1:]
+    m = torch.tensor(0.5, dtype=f32) * (t0 + t1)
+    keep = live[:, None] & (m >= lo[:, None]) & (m < hi[:, None])
+    x = o[:, None, :] + m[..., None] * d[:, None, :]
+    res = torch.tensor(b.shape[1:], dtype=f32)
+    found = torch.zeros_like(keep)
+    occupied = torch.zeros_like(keep)
+    for lvl, box in enumerate(aabbs):
+        f = (x - box[:3]) / (box[3:] - box[:3]) * res
+        inside = ((f >= 0) & (f < res)).all(-1) & ~found
+        idx = f.clamp(min=0).to(torch.int64).minimum(torch.tensor(b.shape[1:]) - 1)
+        occupied |= inside & b[lvl][idx[..., 0], idx[..., 1], idx[..., 2]]
+        found |= inside
+    keep &= occupied
+    ri = torch.arange(n)[:, None].expand_as(keep)[keep]
+    return ri, t0[keep], t1[keep]
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_march_equals_a_lookup_at_every_lattice_point(K, levels):
+    """The float32 march returns exactly the samples of a float32 lookup at every lattice point: midpoints exactly
+    on cell faces (near = step / 2 puts them there on axis rays), rays along faces and edges, random rays and grids,
+    resolutions that are no multiple of the block size. Not included: rays tilted by ~1e-7 off a face they run
+    along; there the float32 lookup itself flips between the two cells from sample to sample (rounding of
+    x - box_lo), and the stated tolerance against float64 (tests above) is the guarantee."""
+    ext, device = K
+    g = torch.Generator().manual_seed(11 + levels)
+    res = (24, 19, 37)
+    b = torch.rand(levels, *res, generator=g) > 0.55
+    b[:, 8:16, :, 8:24] = False  # empty coarse blocks
+    aabbs = _nested(levels)
+    step = 2.0 / 48  # a quarter of the x cell size: lattice points on x faces
+    n = 384
+    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
+    o = -d * 3 + torch.randn(n, 3, generator=g) * 0.5
+    faces = [torch.linspace(-1, 1, r + 1) for r in res]
+    for i in range(96):  # axis rays on faces and edges, midpoints on faces
+        a = i % 3
+        p = [faces[q][(5 * i + 3 * q) % (res[q] + 1)].item() for q in range(3)]
+        p[a] = -3.0 + step / 2 if i % 2 else -3.0
+        o[i] = torch.tensor(p)
+        d[i] = torch.zeros(3)
+        d[i, a] = 1.0
+    d = torch.nn.functional.normalize(d, dim=-1)
+    near = torch.zeros(n)
+    near[96:192] = step / 2
+    far = torch.full((n,), 1e10)
+    want = _lookup_everywhere_f32(o, d, b, aabbs, near, far, step)
+    assert want[0].numel() > 5000
+    got = _run(ext, device, o, d, b, aabbs, near, far, step, 0.0)
+    for name, x, y in zip(("ray_indices", "t_starts", "t_ends"), got, want, strict=True):
+        assert torch.equal(x.cpu(), y), f"{name}: the march differs from a lookup at every lattice point"
+
+
 def test_grazing_cell_faces(K):
     """Rays inside a cell plane (d_a = 0, o_a exactly on a face), and barely tilted out of it."""
     res = 16
