@@ -424,15 +424,20 @@ NA_HD int32_t walk_runs(const RayTrace<T>& ray, T m, int32_t lvl, const int32_t*
   const CellAxes<T> ax(ray.o, ray.d, grid, lvl);
   const int32_t rx = ax.res[0], ry = ax.res[1], rz = ax.res[2];
   const int32_t sx = ax.s[0], sy = ax.s[1], sz = ax.s[2];
-  // The samples before t_c - mu take the ending run's occupancy (occ); those before t_c + mu are looked up.
-  auto settle = [&](T t_c, T mu) {
-    int32_t kb = lat.first_mid_at_or_after(t_c - mu);
-    kb = na_max(k, na_min(kb, k_hi));
+  // The samples from k on whose midpoints lie before t take the current run's occupancy (occ).
+  auto run_until = [&](T t) {
+    const int32_t kb = na_max(k, na_min(lat.first_mid_at_or_after(t), k_hi));
     if (occ) {
       stats.visit(kb - k);
       emit.range(lat, k, kb);
     }
-    for (k = kb; k < k_hi && lat.mid(k) < t_c + mu; ++k) {
+    k = kb;
+  };
+  // A change of occupancy at t_c: the samples before t_c - mu take the ending run's occupancy; those before
+  // t_c + mu are looked up.
+  auto settle = [&](T t_c, T mu) {
+    run_until(t_c - mu);
+    for (; k < k_hi && lat.mid(k) < t_c + mu; ++k) {
       stats.visit();
       ray.eval(k, emit);
     }
@@ -526,13 +531,8 @@ NA_HD int32_t walk_runs(const RayTrace<T>& ray, T m, int32_t lvl, const int32_t*
   }
   // The walk ends at t_end: the samples before t_end - margin take the last run's occupancy; the caller looks up
   // the next one and walks on from its cell.
-  int32_t kb = lat.first_mid_at_or_after(t_end - margin);
-  kb = na_max(k, na_min(kb, k_hi));
-  if (occ) {
-    stats.visit(kb - k);
-    emit.range(lat, k, kb);
-  }
-  return kb;
+  run_until(t_end - margin);
+  return k;
 }
 
 // Marches one ray; calls emit(k, t0, t1) for each kept sample (lattice index k, t0 = t_k, t1 = t_{k+1}), or
